@@ -1,0 +1,42 @@
+# verifeye-bridge: build, run, test.
+GO        ?= go
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -s -w -X main.version=$(VERSION)
+BIN       := bin/verifeye-bridge
+
+.PHONY: build run serve test test-short bench bench-go fuzz lint vet clean
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/verifeye-bridge
+
+# The whole pipeline on a laptop: embedded NATS, the VerifEye simulator, ingest and enricher.
+run:
+	$(GO) run ./cmd/verifeye-bridge dev
+
+# The real thing: embedded NATS unless NATS_URL is set; needs VERIFEYE_API_KEY.
+serve:
+	$(GO) run ./cmd/verifeye-bridge serve
+
+test:
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 10m ./...
+
+test-short:
+	$(GO) test -short -count=1 ./...
+
+# Go benchmarks (each reports its ratio against a ceiling measured in the same run).
+bench-go:
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./...
+
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzParseWebhook -fuzztime $(FUZZTIME) ./bridge/
+
+lint: vet
+	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+
+vet:
+	$(GO) vet ./...
+
+clean:
+	rm -rf bin data

@@ -1,0 +1,266 @@
+// Package bridge is the HTTP ingest: it decodes, validates and authenticates
+// VerifEye webhooks and publishes each to JetStream, answering 202 only once
+// JetStream has acknowledged the event (DESIGN.md guarantee 1). Echo stays inside
+// this package; callers get an http.Handler.
+package bridge
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+
+	"github.com/realeyes/verifeye-bridge/internal/streams"
+)
+
+// Publisher publishes a message to JetStream and waits for its acknowledgement.
+// jetstream.JetStream implements it.
+type Publisher interface {
+	PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error)
+}
+
+// Check is one readiness check of /readyz. A failing Critical check makes
+// /readyz answer 503; a failing non-critical one is only reported in the body.
+type Check struct {
+	Name     string
+	Critical bool
+	Func     func(ctx context.Context) error
+}
+
+// Options tune the ingest. The zero value works, but for Auth: the zero Auth
+// rejects every webhook.
+type Options struct {
+	// Auth checks each webhook's credentials.
+	Auth Auth
+	// Subjects names the subjects; the zero value means prefix "verifeye".
+	Subjects streams.Subjects
+	// PublishTimeout bounds the wait for JetStream's acknowledgement, after which
+	// the answer is 503 so that VerifEye's one retry still has a chance. 3 s by default.
+	PublishTimeout time.Duration
+	// Checks are run by GET /readyz.
+	Checks []Check
+	// Registerer receives the ingest's Prometheus collectors and Gatherer serves
+	// GET /metrics; both default to a new registry.
+	Registerer prometheus.Registerer
+	Gatherer   prometheus.Gatherer
+	// DisableWebhooks leaves out the webhook routes (the enricher's own server).
+	DisableWebhooks bool
+}
+
+// New returns the ingest handler: POST /webhooks/verifeye[/{source}], GET
+// /healthz, /readyz and /metrics. Every error answer is a JSON object
+// {"error","message"}. pub is used concurrently.
+func New(pub Publisher, log zerolog.Logger, opts Options) http.Handler {
+	if opts.Subjects == (streams.Subjects{}) {
+		opts.Subjects, _ = streams.NewSubjects("verifeye")
+	}
+	if opts.PublishTimeout <= 0 {
+		opts.PublishTimeout = 3 * time.Second
+	}
+	if opts.Registerer == nil {
+		reg := prometheus.NewRegistry()
+		opts.Registerer, opts.Gatherer = reg, reg
+	}
+	if opts.Gatherer == nil {
+		opts.Gatherer = prometheus.DefaultGatherer
+	}
+	h := &handler{pub: pub, log: log, opts: opts}
+
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = h.httpError
+	if !opts.DisableWebhooks {
+		h.metrics = newMetrics(opts.Registerer)
+		e.POST("/webhooks/verifeye", h.webhook)
+		e.POST("/webhooks/verifeye/:source", h.webhook)
+	}
+	e.GET("/healthz", func(c echo.Context) error {
+		return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
+	})
+	e.GET("/readyz", h.readyz)
+	metricsHandler := promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{})
+	e.GET("/metrics", echo.WrapHandler(metricsHandler))
+	return e
+}
+
+type handler struct {
+	pub     Publisher
+	log     zerolog.Logger
+	opts    Options
+	metrics *metrics
+}
+
+// apiError is an answer other than 202. It is turned into the JSON error body in
+// exactly one place, httpError.
+type apiError struct {
+	status  int
+	code    string
+	message string
+}
+
+func (e *apiError) Error() string { return e.code + ": " + e.message }
+
+type accepted struct {
+	Status    string `json:"status"`
+	SessionID string `json:"verificationSessionId"`
+	Duplicate bool   `json:"duplicate,omitempty"`
+}
+
+func (h *handler) webhook(c echo.Context) error {
+	start := time.Now()
+	r := c.Request()
+	source := c.Param("source")
+	if source == "" {
+		source = streams.DefaultSource
+	}
+	var w Webhook
+	dup, err := h.ingest(r, source, &w)
+	status := http.StatusAccepted
+	result := "accepted"
+	if dup {
+		result = "duplicate"
+	}
+	var ae *apiError
+	if errors.As(err, &ae) {
+		status, result = ae.status, ae.code
+	}
+	if !streams.ValidSource(source) {
+		source = ""
+	}
+	h.metrics.webhooks.WithLabelValues(source, w.Event, result).Inc()
+	h.metrics.duration.WithLabelValues(strconv.Itoa(status)).Observe(time.Since(start).Seconds())
+
+	ev := h.log.Info()
+	if status >= 500 {
+		ev = h.log.Error().Err(err)
+	} else if err != nil {
+		ev = h.log.Warn().Str("reason", ae.message)
+	}
+	// Never the query string or headers: they may carry the token or the API key.
+	ev.Str("source", source).Str("event", w.Event).Str("session_id", w.SessionID).
+		Int("status", status).Str("result", result).Float64("duration_ms", float64(time.Since(start).Microseconds())/1000).
+		Str("remote", c.RealIP()).Msg("webhook")
+
+	if err != nil {
+		return err
+	}
+	return c.JSON(status, accepted{Status: "accepted", SessionID: w.SessionID, Duplicate: dup})
+}
+
+// ingest validates r and publishes it; it reports whether JetStream already had
+// the event. w is filled as far as the request could be read.
+func (h *handler) ingest(r *http.Request, source string, w *Webhook) (duplicate bool, err error) {
+	if !streams.ValidSource(source) {
+		return false, &apiError{http.StatusBadRequest, "invalid_source", "source must match [a-z0-9_-]{1,64}"}
+	}
+	if !h.opts.Auth.check(r) {
+		return false, &apiError{http.StatusUnauthorized, "unauthorized", "missing or invalid credentials"}
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "" && !isJSON(ct) {
+		return false, &apiError{http.StatusUnsupportedMediaType, "unsupported_media_type", "Content-Type must be application/json"}
+	}
+	if r.ContentLength > streams.MaxWebhookBytes {
+		return false, tooLarge()
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, streams.MaxWebhookBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return false, tooLarge()
+		}
+		return false, &apiError{http.StatusBadRequest, "invalid_body", "could not read the request body"}
+	}
+	*w, err = ParseWebhook(body)
+	if err != nil {
+		var ve *ValidationError
+		errors.As(err, &ve)
+		return false, &apiError{http.StatusBadRequest, ve.Code, ve.Message}
+	}
+
+	msg := nats.NewMsg(h.opts.Subjects.Webhook(source, w.Event))
+	msg.Data = body
+	msg.Header.Set(streams.HeaderReceivedAt, time.Now().UTC().Format(time.RFC3339Nano))
+	ctx, cancel := context.WithTimeout(r.Context(), h.opts.PublishTimeout)
+	defer cancel()
+	start := time.Now()
+	ack, err := h.pub.PublishMsg(ctx, msg, jetstream.WithMsgID(w.MsgID()), jetstream.WithExpectStream(streams.Webhooks))
+	if err != nil {
+		// Never a 2xx and never a 429: VerifEye retries once, and a 503 keeps
+		// that retry useful.
+		return false, &apiError{http.StatusServiceUnavailable, "unavailable", "the event could not be stored durably; retry later"}
+	}
+	h.metrics.publish.Observe(time.Since(start).Seconds())
+	return ack.Duplicate, nil
+}
+
+func tooLarge() error {
+	return &apiError{http.StatusRequestEntityTooLarge, "payload_too_large", "request body exceeds 64 KiB"}
+}
+
+func isJSON(contentType string) bool {
+	mt, _, err := mime.ParseMediaType(contentType)
+	if err != nil {
+		return false
+	}
+	return mt == "application/json" || (strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json"))
+}
+
+func (h *handler) readyz(c echo.Context) error {
+	ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
+	defer cancel()
+	status, code := "ready", http.StatusOK
+	checks := make(map[string]string, len(h.opts.Checks))
+	for _, ch := range h.opts.Checks {
+		if err := ch.Func(ctx); err != nil {
+			checks[ch.Name] = err.Error()
+			if ch.Critical {
+				status, code = "unready", http.StatusServiceUnavailable
+			}
+			continue
+		}
+		checks[ch.Name] = "ok"
+	}
+	return c.JSON(code, map[string]any{"status": status, "checks": checks})
+}
+
+// httpError is the one place errors become answers.
+func (h *handler) httpError(err error, c echo.Context) {
+	if c.Response().Committed {
+		return
+	}
+	var ae *apiError
+	if !errors.As(err, &ae) {
+		ae = &apiError{http.StatusInternalServerError, "internal", "internal error"}
+		var he *echo.HTTPError
+		if errors.As(err, &he) {
+			ae.status = he.Code
+			switch he.Code {
+			case http.StatusNotFound:
+				ae.code, ae.message = "not_found", "no such route"
+			case http.StatusMethodNotAllowed:
+				ae.code, ae.message = "method_not_allowed", "method not allowed on this route"
+			default:
+				ae.code = strings.ReplaceAll(strings.ToLower(http.StatusText(he.Code)), " ", "_")
+				ae.message = http.StatusText(he.Code)
+			}
+		}
+	}
+	body, _ := json.Marshal(map[string]string{"error": ae.code, "message": ae.message})
+	if c.Request().Method == http.MethodHead {
+		_ = c.NoContent(ae.status)
+		return
+	}
+	_ = c.JSONBlob(ae.status, body)
+}

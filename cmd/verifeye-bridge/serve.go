@@ -1,0 +1,317 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/rs/zerolog"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/realeyes/verifeye-bridge/bridge"
+	"github.com/realeyes/verifeye-bridge/enricher"
+	"github.com/realeyes/verifeye-bridge/enricher/verifeye"
+	"github.com/realeyes/verifeye-bridge/internal/streams"
+)
+
+// serviceConfig is the configuration of a long-running subcommand; a nil part
+// means that role does not run.
+type serviceConfig struct {
+	name     string
+	common   commonConfig
+	embedded *embeddedConfig // serve, dev: embedded NATS when NATS_URL is empty
+	ingest   *ingestConfig   // serve, dev, ingest
+	api      *apiConfig
+	enrich   *enrichConfig // serve, dev, enrich
+
+	// api is the Get Session Result client; nil builds one from api.
+	client enricher.APIClient
+	// onReady, when set, is called once the service is serving.
+	onReady func(httpAddr string)
+}
+
+func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cfg := serviceConfig{name: "serve", embedded: &embeddedConfig{}, ingest: &ingestConfig{}, api: &apiConfig{}, enrich: &enrichConfig{}}
+	return runService(ctx, cfg, args, stdout, stderr,
+		"Run the webhook ingest and the enricher in one process. With NATS_URL empty it\nstarts an embedded NATS server with JetStream, storing under DATA_DIR.",
+		"VERIFEYE_API_KEY=... verifeye-bridge serve")
+}
+
+func cmdIngest(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cfg := serviceConfig{name: "ingest", ingest: &ingestConfig{}, api: &apiConfig{}}
+	return runService(ctx, cfg, args, stdout, stderr,
+		"Run the HTTP webhook ingest alone, against the NATS cluster at NATS_URL.\nRun as many replicas as you like.",
+		"NATS_URL=nats://nats:4222 WEBHOOK_API_KEY_SHA256=... verifeye-bridge ingest")
+}
+
+func cmdEnrich(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cfg := serviceConfig{name: "enrich", api: &apiConfig{}, enrich: &enrichConfig{}}
+	return runService(ctx, cfg, args, stdout, stderr,
+		"Run the enricher alone against NATS_URL; it serves /healthz, /readyz and\n/metrics on HTTP_ADDR. Replicas share one durable consumer.",
+		"NATS_URL=nats://nats:4222 VERIFEYE_API_KEY=... verifeye-bridge enrich")
+}
+
+func (c *serviceConfig) specs() []any {
+	specs := []any{&c.common}
+	if c.embedded != nil {
+		specs = append(specs, c.embedded)
+	}
+	if c.ingest != nil {
+		specs = append(specs, c.ingest)
+	}
+	if c.api != nil {
+		specs = append(specs, c.api)
+	}
+	if c.enrich != nil {
+		specs = append(specs, c.enrich)
+	}
+	return specs
+}
+
+// load reads and checks the environment; errors name the variable.
+func (c *serviceConfig) load() error {
+	if err := process(c.specs()...); err != nil {
+		return usageError{err}
+	}
+	check := []func() error{c.common.validate}
+	if c.embedded != nil {
+		check = append(check, c.embedded.validate)
+	} else if c.common.NATSURL == "" {
+		check = append(check, func() error { return errors.New("NATS_URL: required for " + c.name) })
+	}
+	if c.ingest != nil {
+		check = append(check, func() error { return c.ingest.validate(*c.api) })
+	}
+	if c.api != nil {
+		check = append(check, func() error { return c.api.validate(c.enrich != nil && c.client == nil) })
+	}
+	if c.enrich != nil {
+		check = append(check, c.enrich.validate)
+	}
+	for _, f := range check {
+		if err := f(); err != nil {
+			return usageError{err}
+		}
+	}
+	return nil
+}
+
+func runService(ctx context.Context, cfg serviceConfig, args []string, stdout, stderr io.Writer, summary, example string) error {
+	fs := flag.NewFlagSet(cfg.name, flag.ContinueOnError)
+	if err := parseFlags(fs, args, stdout, summary, example, cfg.specs()...); err != nil {
+		return err
+	}
+	if err := cfg.load(); err != nil {
+		return err
+	}
+	log := newLogger(stderr, cfg.common)
+	ln, err := net.Listen("tcp", cfg.common.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("HTTP_ADDR: %w", err)
+	}
+	return serve(ctx, cfg, ln, log)
+}
+
+// serve runs the configured roles on ln until ctx is cancelled, then shuts down
+// gracefully: stop accepting, finish in-flight requests and enrichments, drain
+// NATS, stop the embedded server. It returns nil after a clean shutdown.
+func serve(ctx context.Context, cfg serviceConfig, ln net.Listener, log zerolog.Logger) error {
+	log = log.With().Str("cmd", cfg.name).Logger()
+	subjects, err := streams.NewSubjects(cfg.common.SubjectPrefix)
+	if err != nil {
+		ln.Close()
+		return usageError{err}
+	}
+	conn, err := connect(cfg.common, cfg.embedded, "verifeye-bridge "+cfg.name, log)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	stopCtx := func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(context.WithoutCancel(ctx), cfg.common.ShutdownGrace)
+	}
+	defer func() {
+		c, cancel := stopCtx()
+		defer cancel()
+		conn.close(c)
+	}()
+	js, err := jetstream.New(conn.nc)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("jetstream: %w", err)
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	g, gctx := errgroup.WithContext(ctx)
+	streamsReady := make(chan struct{})
+	g.Go(func() error {
+		ensureStreams(gctx, js, subjects, cfg.common.limits(), log)
+		close(streamsReady)
+		return nil
+	})
+
+	checks := []bridge.Check{{Name: "nats", Critical: true, Func: func(ctx context.Context) error {
+		if !conn.nc.IsConnected() {
+			return fmt.Errorf("not connected (%s)", conn.nc.Status())
+		}
+		if _, err := js.Stream(ctx, streams.Webhooks); err != nil {
+			return fmt.Errorf("stream %s: %w", streams.Webhooks, err)
+		}
+		return nil
+	}}}
+
+	var enr *enricher.Enricher
+	if cfg.enrich != nil {
+		client := cfg.client
+		if client == nil {
+			client, err = newAPIClient(*cfg.api)
+			if err != nil {
+				ln.Close()
+				return usageError{err}
+			}
+		}
+		enr = enricher.New(js, client, log.With().Str("component", "enricher").Logger(), enricher.Options{
+			Subjects:    subjects,
+			Consumer:    cfg.enrich.Consumer,
+			Concurrency: cfg.enrich.Concurrency,
+			RateLimit:   cfg.enrich.RateLimit,
+			MaxAttempts: cfg.enrich.MaxAttempts,
+			AckWait:     cfg.enrich.AckWait,
+			AuthRetry:   cfg.enrich.AuthRetry,
+			Registerer:  reg,
+			Policy: enricher.Policy{
+				BackoffBase:      cfg.enrich.BackoffBase,
+				BackoffMax:       cfg.enrich.BackoffMax,
+				NotFoundDelay:    cfg.enrich.NotFoundDelay,
+				NotFoundAttempts: cfg.enrich.NotFoundAttempts,
+				MaxAttempts:      cfg.enrich.MaxAttempts,
+			},
+		})
+		// In serve the enricher's pause is reported, not fatal: webhooks are
+		// still accepted and wait safely in JetStream.
+		checks = append(checks, bridge.Check{Name: "enricher", Critical: cfg.ingest == nil, Func: enr.Ready})
+		g.Go(func() error {
+			select {
+			case <-streamsReady:
+			case <-gctx.Done():
+				return nil
+			}
+			return enr.Run(gctx)
+		})
+	}
+
+	opts := bridge.Options{
+		Subjects:        subjects,
+		Checks:          checks,
+		Registerer:      reg,
+		Gatherer:        reg,
+		DisableWebhooks: cfg.ingest == nil,
+	}
+	if cfg.ingest != nil {
+		opts.PublishTimeout = cfg.ingest.PublishTimeout
+		opts.Auth, err = webhookAuth(*cfg.ingest, *cfg.api)
+		if err != nil {
+			ln.Close()
+			return usageError{err}
+		}
+		if opts.Auth.Mode() == bridge.AuthNone {
+			log.Warn().Msg("WEBHOOK_AUTH=none: webhooks are accepted from anyone; outcomes are still fetched from the API, so forged IDs end on the DLQ")
+		}
+	}
+	srv := &http.Server{
+		Handler:           bridge.New(js, log.With().Str("component", "ingest").Logger(), opts),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+	}
+	g.Go(func() error {
+		err := srv.Serve(ln)
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return fmt.Errorf("http: %w", err)
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		c, cancel := stopCtx()
+		defer cancel()
+		// Stop accepting and finish in-flight requests first; the enricher
+		// finishes its in-flight work on its own (its Run returns when done).
+		if err := srv.Shutdown(c); err != nil {
+			return fmt.Errorf("http shutdown: %w", err)
+		}
+		return nil
+	})
+	log.Info().Str("http_addr", ln.Addr().String()).Bool("ingest", cfg.ingest != nil).
+		Bool("enrich", cfg.enrich != nil).Str("version", version).Msg("verifeye-bridge started")
+	if cfg.onReady != nil {
+		cfg.onReady(ln.Addr().String())
+	}
+	err = g.Wait()
+	log.Info().Err(err).Msg("verifeye-bridge stopped")
+	return err
+}
+
+// ensureStreams creates or updates the streams, retrying until it succeeds or
+// ctx ends: a NATS outage at start delays readiness, it does not stop the process.
+func ensureStreams(ctx context.Context, js jetstream.JetStream, s streams.Subjects, l streams.Limits, log zerolog.Logger) {
+	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 10*time.Second) {
+		c, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := streams.Ensure(c, js, s, l)
+		cancel()
+		if err == nil {
+			log.Info().Int("replicas", l.Replicas).Dur("duplicate_window", l.Duplicates).Msg("streams ready")
+			return
+		}
+		log.Error().Err(err).Dur("retry_in", wait).Msg("cannot create or update streams")
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+func webhookAuth(in ingestConfig, api apiConfig) (bridge.Auth, error) {
+	switch in.WebhookAuth {
+	case bridge.AuthToken:
+		return bridge.TokenAuth(in.WebhookToken.value()), nil
+	case bridge.AuthNone:
+		return bridge.NoAuth(), nil
+	}
+	if in.WebhookKeyHash != "" {
+		a, err := bridge.APIKeyHashAuth(in.WebhookKeyHash)
+		if err != nil {
+			return a, fmt.Errorf("WEBHOOK_API_KEY_SHA256: %w", err)
+		}
+		return a, nil
+	}
+	return bridge.APIKeyAuth(api.APIKey.value()), nil
+}
+
+func newAPIClient(c apiConfig) (*verifeye.Client, error) {
+	url := c.APIURL
+	if url == "" {
+		var err error
+		if url, err = verifeye.DefaultURL(c.Region); err != nil {
+			return nil, fmt.Errorf("VERIFEYE_REGION: %w", err)
+		}
+	}
+	cl, err := verifeye.New(url, c.APIKey.value(), verifeye.Options{Timeout: c.APITimeout, UserAgent: "verifeye-bridge/" + version})
+	if err != nil {
+		return nil, fmt.Errorf("VERIFEYE_API_URL: %w", err)
+	}
+	return cl, nil
+}

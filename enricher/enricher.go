@@ -1,0 +1,475 @@
+// Package enricher turns each VerificationCompleted webhook on the webhooks
+// stream into exactly one CloudEvent on the results stream, carrying the Get
+// Session Result body fetched with the bridge's own API key (DESIGN.md
+// guarantees 2, 3 and 5). What cannot be enriched goes to the DLQ with its reason.
+package enricher
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+	"golang.org/x/time/rate"
+
+	"github.com/realeyes/verifeye-bridge/enricher/verifeye"
+	"github.com/realeyes/verifeye-bridge/internal/streams"
+)
+
+// APIClient fetches a session's result. *verifeye.Client implements it.
+type APIClient interface {
+	GetSessionResult(ctx context.Context, sessionID string) (*verifeye.Result, error)
+}
+
+// Options tune the enricher; zero fields take the documented defaults.
+type Options struct {
+	Subjects    streams.Subjects
+	Consumer    string        // durable consumer name, "enricher"
+	Concurrency int           // workers, 16
+	RateLimit   float64       // API calls per second, 0 = no cap
+	MaxAttempts int           // deliveries before the DLQ, 10
+	AckWait     time.Duration // 30 s
+	AuthRetry   time.Duration // retry interval while the API answers 401/403, 30 s
+	Policy      Policy        // DefaultPolicy; Policy.MaxAttempts follows MaxAttempts
+	// Registerer receives the enricher's collectors; nil means none.
+	Registerer prometheus.Registerer
+}
+
+func (o *Options) defaults() {
+	if o.Subjects == (streams.Subjects{}) {
+		o.Subjects, _ = streams.NewSubjects("verifeye")
+	}
+	if o.Consumer == "" {
+		o.Consumer = "enricher"
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = 16
+	}
+	if o.MaxAttempts <= 0 {
+		o.MaxAttempts = 10
+	}
+	if o.AckWait <= 0 {
+		o.AckWait = 30 * time.Second
+	}
+	if o.AuthRetry <= 0 {
+		o.AuthRetry = 30 * time.Second
+	}
+	if o.Policy == (Policy{}) {
+		o.Policy = DefaultPolicy()
+	}
+	o.Policy.MaxAttempts = o.MaxAttempts
+}
+
+// Publisher publishes to JetStream and waits for the acknowledgement.
+type Publisher interface {
+	PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error)
+}
+
+// Enricher consumes webhooks and publishes outcomes. Build it with New and
+// start it with Run; Ready may be called concurrently.
+type Enricher struct {
+	js   jetstream.JetStream
+	pub  Publisher
+	api  APIClient
+	log  zerolog.Logger
+	opts Options
+	lim  *rate.Limiter
+	m    *metrics
+
+	running atomic.Bool
+	mu      sync.Mutex
+	paused  bool
+	pauseCh chan struct{} // closed when a pause ends
+	lastLog time.Time
+	pauseBy string
+}
+
+// New returns an enricher reading from and publishing to js. Outcomes and DLQ
+// entries are published through pub when non-nil (tests inject faults there),
+// else through js.
+func New(js jetstream.JetStream, api APIClient, log zerolog.Logger, opts Options) *Enricher {
+	return NewWithPublisher(js, nil, api, log, opts)
+}
+
+// NewWithPublisher is New with outcomes and DLQ entries published through pub.
+func NewWithPublisher(js jetstream.JetStream, pub Publisher, api APIClient, log zerolog.Logger, opts Options) *Enricher {
+	opts.defaults()
+	if pub == nil {
+		pub = js
+	}
+	lim := rate.NewLimiter(rate.Inf, 1)
+	if opts.RateLimit > 0 {
+		lim = rate.NewLimiter(rate.Limit(opts.RateLimit), max(1, int(opts.RateLimit)))
+	}
+	return &Enricher{js: js, pub: pub, api: api, log: log, opts: opts, lim: lim, m: newMetrics(opts.Registerer)}
+}
+
+// ConsumerConfig is the durable pull consumer the enricher shares with its
+// replicas: explicit ack, VerificationCompleted events only.
+func (e *Enricher) ConsumerConfig() jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       e.opts.Consumer,
+		Description:   "verifeye-bridge enricher",
+		FilterSubject: e.opts.Subjects.CompletedFilter(),
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       e.opts.AckWait,
+		// One more delivery than attempts: that one dead-letters a crash loop
+		// before calling the API; beyond it, the max-deliveries advisory does.
+		MaxDeliver:    e.opts.MaxAttempts + 1,
+		MaxAckPending: max(e.opts.Concurrency*4, 64),
+	}
+}
+
+// Ready returns nil while the enricher consumes normally, and an error while it
+// is not running or is paused because the API refuses the key.
+func (e *Enricher) Ready(context.Context) error {
+	if !e.running.Load() {
+		return errors.New("not running")
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.paused {
+		return fmt.Errorf("paused: the VerifEye API refuses the API key (%s); retrying every %v", e.pauseBy, e.opts.AuthRetry)
+	}
+	return nil
+}
+
+// Run creates or updates the durable consumer and enriches until ctx is
+// cancelled. Then it stops fetching, finishes the enrichments in flight (they
+// keep a live context) and returns nil.
+func (e *Enricher) Run(ctx context.Context) error {
+	var cons jetstream.Consumer
+	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 10*time.Second) {
+		c, cancel := context.WithTimeout(ctx, 10*time.Second)
+		var err error
+		cons, err = e.js.CreateOrUpdateConsumer(c, streams.Webhooks, e.ConsumerConfig())
+		cancel()
+		if err == nil {
+			break
+		}
+		e.log.Error().Err(err).Dur("retry_in", wait).Msg("cannot create the enricher consumer")
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+	}
+	e.running.Store(true)
+	defer e.running.Store(false)
+	e.log.Info().Str("consumer", e.opts.Consumer).Int("concurrency", e.opts.Concurrency).
+		Float64("rate_limit", e.opts.RateLimit).Msg("enricher started")
+
+	var wg sync.WaitGroup
+	wg.Go(func() { e.runDeadLetterer(ctx) })
+	for range e.opts.Concurrency {
+		wg.Go(func() { e.worker(ctx, cons) })
+	}
+	wg.Wait()
+	e.log.Info().Msg("enricher stopped")
+	return nil
+}
+
+func (e *Enricher) worker(ctx context.Context, cons jetstream.Consumer) {
+	for ctx.Err() == nil {
+		if !e.waitUnpaused(ctx) {
+			return
+		}
+		// Take a rate token before fetching, so no fetched message waits for one
+		// while its ack wait runs.
+		if err := e.lim.Wait(ctx); err != nil {
+			return
+		}
+		fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		msg, err := cons.Next(jetstream.FetchContext(fctx))
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
+				e.log.Warn().Err(err).Msg("fetch failed")
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Second):
+				}
+			}
+			continue
+		}
+		// A fetched message is finished even during shutdown: it gets a live
+		// context, bounded by the ack wait.
+		e.handle(ctx, msg)
+	}
+}
+
+// handle enriches one webhook message. stop is the Run context: it only ends
+// a pause early; everything else completes with a context of its own.
+func (e *Enricher) handle(stop context.Context, msg jetstream.Msg) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(stop), e.opts.AckWait)
+	defer cancel()
+	meta, err := msg.Metadata()
+	if err != nil {
+		e.log.Error().Err(err).Msg("message without metadata: terminated")
+		_ = msg.Term()
+		return
+	}
+	attempt := int(meta.NumDelivered)
+	_, source, event, err := e.opts.Subjects.Parse(msg.Subject())
+	var wh struct {
+		SessionID string `json:"verificationSessionId"`
+	}
+	if err == nil {
+		err = json.Unmarshal(msg.Data(), &wh)
+	}
+	if err != nil || !streams.ValidSessionID(wh.SessionID) {
+		e.deadLetter(ctx, msg, meta, source, event, "", Decision{Action: DeadLetter, Reason: ReasonInvalidWebhook}, attempt, "not a webhook of the contract")
+		return
+	}
+	session := wh.SessionID
+	log := e.log.With().Str("session_id", session).Str("source", source).Int("attempt", attempt).Logger()
+	if attempt > e.opts.MaxAttempts {
+		// Delivered more often than attempted: earlier deliveries crashed
+		// before deciding. Stop the loop here, without another API call.
+		e.deadLetter(ctx, msg, meta, source, event, session, Decision{Action: DeadLetter, Reason: ReasonMaxDeliveries}, attempt, "delivered more times than ENRICH_MAX_ATTEMPTS")
+		return
+	}
+
+	var (
+		res *verifeye.Result
+		d   Decision
+	)
+	for {
+		cctx, ccancel := context.WithTimeout(context.WithoutCancel(stop), e.opts.AckWait)
+		res, err = e.call(cctx, msg, session)
+		ccancel()
+		d = e.opts.Policy.Decide(err, attempt, rand.Float64())
+		if d.Action != Pause {
+			e.resume()
+			break
+		}
+		// The key is refused: hold the message (it burns no attempt), pause
+		// fetching, and try again every AuthRetry until the key works.
+		e.pause(d.Status, err)
+		if !e.holdFor(stop, msg, e.opts.AuthRetry) {
+			_ = msg.NakWithDelay(e.opts.AuthRetry)
+			return
+		}
+		// Honour the rate limit for the probe too.
+		if e.lim.Wait(stop) != nil {
+			_ = msg.NakWithDelay(e.opts.AuthRetry)
+			return
+		}
+	}
+
+	// The publish and ack get a fresh lease: a pause may have outlasted ctx.
+	pctx, pcancel := context.WithTimeout(context.WithoutCancel(stop), e.opts.AckWait)
+	defer pcancel()
+	ctx = pctx
+	switch d.Action {
+	case Publish:
+		e.publish(ctx, msg, meta, log, source, session, res)
+	case Retry:
+		e.m.enrichments.WithLabelValues("retried", d.Reason).Inc()
+		log.Warn().Err(err).Str("decision", "retry").Int("status", d.Status).Dur("delay", d.Delay).Msg("enrichment will be retried")
+		if nerr := msg.NakWithDelay(d.Delay); nerr != nil {
+			log.Warn().Err(nerr).Msg("nak failed; the message is redelivered after the ack wait")
+		}
+	case DeadLetter:
+		detail := ""
+		if err != nil {
+			detail = err.Error()
+		}
+		e.deadLetter(ctx, msg, meta, source, event, session, d, attempt, detail)
+	}
+}
+
+// call runs one API call, telling JetStream the message is in progress while it
+// runs so a slow call does not end in a redelivery.
+func (e *Enricher) call(ctx context.Context, msg jetstream.Msg, session string) (*verifeye.Result, error) {
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		t := time.NewTicker(max(e.opts.AckWait/3, 100*time.Millisecond))
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				_ = msg.InProgress()
+			}
+		}
+	}()
+	start := time.Now()
+	res, err := e.api.GetSessionResult(ctx, session)
+	e.m.observeCall(err, time.Since(start))
+	return res, err
+}
+
+// holdFor waits d while keeping msg in progress; false if stop ended first.
+func (e *Enricher) holdFor(stop context.Context, msg jetstream.Msg, d time.Duration) bool {
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	tick := time.NewTicker(max(e.opts.AckWait/3, 100*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-stop.Done():
+			return false
+		case <-deadline.C:
+			return true
+		case <-tick.C:
+			_ = msg.InProgress()
+		}
+	}
+}
+
+func (e *Enricher) publish(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, log zerolog.Logger, source, session string, res *verifeye.Result) {
+	received := meta.Timestamp
+	if t, err := time.Parse(time.RFC3339Nano, msg.Headers().Get(streams.HeaderReceivedAt)); err == nil {
+		received = t
+	}
+	outcome := res.Outcome()
+	body, err := MarshalEvent(Outcome{SessionID: session, Source: source, Outcome: outcome, ReceivedAt: received, Data: res.Body})
+	if err != nil { // the client checked the body is JSON; defensive
+		e.deadLetter(ctx, msg, meta, source, streams.EventCompleted, session, Decision{Action: DeadLetter, Reason: ReasonInvalidResponse, Status: res.Status}, int(meta.NumDelivered), err.Error())
+		return
+	}
+	out := nats.NewMsg(e.opts.Subjects.Result(source, outcome))
+	out.Data = body
+	out.Header.Set(streams.HeaderContentType, EventContentType)
+	copyTrace(msg, out)
+	// Guarantee 2: the session ID is the message ID, so a redelivery after a
+	// crash between this publish and the ack is dropped by the results stream.
+	ack, err := e.pub.PublishMsg(ctx, out, jetstream.WithMsgID(session), jetstream.WithExpectStream(streams.Results))
+	if err != nil {
+		d := e.opts.Policy.Backoff(int(meta.NumDelivered), rand.Float64())
+		e.m.enrichments.WithLabelValues("retried", "publish_failed").Inc()
+		log.Error().Err(err).Dur("delay", d).Msg("cannot publish the outcome; will retry")
+		_ = msg.NakWithDelay(d)
+		return
+	}
+	if err := msg.DoubleAck(ctx); err != nil {
+		// The outcome is stored; a redelivery is de-duplicated by its ID.
+		log.Warn().Err(err).Msg("ack not confirmed; a redelivery will be de-duplicated")
+	}
+	result := "published"
+	if ack.Duplicate {
+		result = "duplicate"
+	}
+	e.m.enrichments.WithLabelValues(result, "").Inc()
+	e.m.latency.Observe(time.Since(received).Seconds())
+	log.Info().Str("decision", "publish").Str("outcome", outcome).Bool("duplicate", ack.Duplicate).
+		Uint64("seq", ack.Sequence).Msg("outcome published")
+}
+
+// deadLetter copies the webhook to the DLQ with the reason and acks it. The
+// DLQ message ID is derived from the webhook's stream sequence, so a repeat
+// (redelivery, advisory) adds nothing.
+func (e *Enricher) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, source, event, session string, d Decision, attempt int, detail string) {
+	dlq := deadLetterMsg(e.opts.Subjects, msg.Subject(), source, event, msg.Headers(), msg.Data(), meta.Sequence.Stream, d.Reason, detail, d.Status, attempt)
+	if _, err := e.pub.PublishMsg(ctx, dlq, jetstream.WithMsgID(dlqMsgID(meta.Sequence.Stream)), jetstream.WithExpectStream(streams.DLQ)); err != nil {
+		e.log.Error().Err(err).Str("session_id", session).Msg("cannot publish to the DLQ; will retry")
+		_ = msg.NakWithDelay(e.opts.Policy.Backoff(attempt, rand.Float64()))
+		return
+	}
+	if err := msg.DoubleAck(ctx); err != nil {
+		e.log.Warn().Err(err).Str("session_id", session).Msg("ack after dead-lettering not confirmed")
+	}
+	e.m.enrichments.WithLabelValues("dead_lettered", d.Reason).Inc()
+	e.log.Error().Str("session_id", session).Str("source", source).Str("decision", "dead_letter").
+		Str("reason", d.Reason).Int("status", d.Status).Int("attempt", attempt).Str("detail", detail).Msg("webhook dead-lettered")
+}
+
+func dlqMsgID(seq uint64) string { return "dlq:" + strconv.FormatUint(seq, 10) }
+
+func deadLetterMsg(s streams.Subjects, subject, source, event string, h nats.Header, data []byte, seq uint64, reason, detail string, status, attempts int) *nats.Msg {
+	if !streams.ValidSource(source) {
+		source = "unknown"
+	}
+	if !streams.ValidEvent(event) {
+		event = "unknown"
+	}
+	m := nats.NewMsg(s.DLQ(source, event))
+	m.Data = data
+	for _, k := range []string{streams.HeaderReceivedAt, streams.HeaderTraceparent, streams.HeaderTracestate} {
+		if v := h.Get(k); v != "" {
+			m.Header.Set(k, v)
+		}
+	}
+	m.Header.Set(streams.HeaderError, reason)
+	if detail != "" {
+		m.Header.Set(streams.HeaderErrorDetail, truncate(detail, 512))
+	}
+	m.Header.Set(streams.HeaderLastStatus, strconv.Itoa(status))
+	m.Header.Set(streams.HeaderAttempts, strconv.Itoa(attempts))
+	m.Header.Set(streams.HeaderOrigSubject, subject)
+	m.Header.Set(streams.HeaderOrigSeq, strconv.FormatUint(seq, 10))
+	return m
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+func copyTrace(from jetstream.Msg, to *nats.Msg) {
+	for _, k := range []string{streams.HeaderTraceparent, streams.HeaderTracestate} {
+		if v := from.Headers().Get(k); v != "" {
+			to.Header.Set(k, v)
+		}
+	}
+}
+
+// pause stops fetching until resume; it logs loudly once per AuthRetry.
+func (e *Enricher) pause(status int, err error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.paused {
+		e.paused = true
+		e.pauseCh = make(chan struct{})
+		e.m.paused.Set(1)
+	}
+	e.pauseBy = "HTTP " + strconv.Itoa(status)
+	if time.Since(e.lastLog) >= e.opts.AuthRetry {
+		e.lastLog = time.Now()
+		e.log.Error().Err(err).Int("status", status).Dur("retry_every", e.opts.AuthRetry).
+			Msg("VerifEye API refuses the API key: enrichment paused, webhooks wait in JetStream; check VERIFEYE_API_KEY")
+	}
+}
+
+func (e *Enricher) resume() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.paused {
+		e.paused = false
+		close(e.pauseCh)
+		e.lastLog = time.Time{}
+		e.m.paused.Set(0)
+		e.log.Info().Msg("VerifEye API accepts the API key again: enrichment resumed")
+	}
+}
+
+// waitUnpaused blocks while the enricher is paused; false if ctx ended.
+func (e *Enricher) waitUnpaused(ctx context.Context) bool {
+	e.mu.Lock()
+	paused, ch := e.paused, e.pauseCh
+	e.mu.Unlock()
+	if !paused {
+		return true
+	}
+	select {
+	case <-ch:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

@@ -1,0 +1,64 @@
+package enricher
+
+import (
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/realeyes/verifeye-bridge/enricher/verifeye"
+)
+
+type metrics struct {
+	apiCalls    *prometheus.CounterVec
+	apiDuration prometheus.Histogram
+	enrichments *prometheus.CounterVec
+	latency     prometheus.Histogram
+	paused      prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		apiCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "verifeye_bridge_api_calls_total",
+			Help: "Get Session Result calls by status class (2xx, 4xx, 5xx, ...; error when no answer came).",
+		}, []string{"class"}),
+		apiDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "verifeye_bridge_api_call_duration_seconds",
+			Help:    "Duration of Get Session Result calls.",
+			Buckets: prometheus.DefBuckets,
+		}),
+		enrichments: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "verifeye_bridge_enrichments_total",
+			Help: "Enrichment decisions by result (published, duplicate, retried, dead_lettered) and reason.",
+		}, []string{"result", "reason"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "verifeye_bridge_outcome_latency_seconds",
+			Help:    "Time from receiving a webhook to publishing its outcome.",
+			Buckets: []float64{.01, .025, .05, .075, .1, .15, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
+		}),
+		paused: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "verifeye_bridge_enricher_paused",
+			Help: "1 while enrichment is paused because the VerifEye API refuses the API key (401/403).",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.apiCalls, m.apiDuration, m.enrichments, m.latency, m.paused)
+	}
+	return m
+}
+
+func (m *metrics) observeCall(err error, d time.Duration) {
+	class := "2xx"
+	var ae *verifeye.APIError
+	switch {
+	case errors.As(err, &ae):
+		class = strconv.Itoa(ae.Status/100) + "xx"
+	case errors.Is(err, verifeye.ErrInvalidResponse):
+	case err != nil:
+		class = "error"
+	}
+	m.apiCalls.WithLabelValues(class).Inc()
+	m.apiDuration.Observe(d.Seconds())
+}

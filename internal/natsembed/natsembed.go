@@ -1,0 +1,122 @@
+// Package natsembed runs an in-process NATS server with JetStream, for `serve` and
+// `dev` when NATS_URL is empty, and for tests.
+package natsembed
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/rs/zerolog"
+)
+
+// Options configure an embedded server. The zero value listens on a random
+// loopback port, stores under the current directory and syncs every write.
+type Options struct {
+	// StoreDir is the JetStream storage directory (JetStream writes under
+	// StoreDir/jetstream).
+	StoreDir string
+	// Addr is the host:port clients may connect to; "" means 127.0.0.1 on a
+	// random port, "-" means no listener at all (in-process connections only).
+	Addr string
+	// SyncInterval is how often the store is fsynced. Zero means every write is
+	// synced before it is acknowledged, so an acknowledged event survives a power
+	// cut; a positive interval risks that much acknowledged data on a power cut
+	// or kernel crash (a process crash loses nothing either way).
+	SyncInterval time.Duration
+	// Name is the server name, "verifeye-bridge" by default.
+	Name string
+	// Cluster, when non-nil, makes the server a member of a NATS cluster.
+	Cluster *server.ClusterOpts
+	// Routes are the cluster peers' route URLs (nats-route://host:port).
+	Routes []string
+	// Log receives the server's log; a disabled logger by default.
+	Log zerolog.Logger
+}
+
+// Start starts a server and waits until it accepts connections. The caller must
+// call Shutdown on it (which also waits for it to stop).
+func Start(opts Options) (*server.Server, error) {
+	so, err := serverOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	ns, err := server.NewServer(so)
+	if err != nil {
+		return nil, fmt.Errorf("natsembed: new server: %w", err)
+	}
+	ns.SetLoggerV2(logger{opts.Log}, false, false, false)
+	go ns.Start()
+	if !ns.ReadyForConnections(30 * time.Second) {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+		return nil, errors.New("natsembed: server not ready for connections within 30s")
+	}
+	return ns, nil
+}
+
+// Shutdown stops ns and waits until it has stopped and flushed its store.
+func Shutdown(ns *server.Server) {
+	ns.Shutdown()
+	ns.WaitForShutdown()
+}
+
+func serverOptions(opts Options) (*server.Options, error) {
+	so := &server.Options{
+		ServerName: opts.Name,
+		JetStream:  true,
+		StoreDir:   opts.StoreDir,
+		NoSigs:     true,
+		Host:       "127.0.0.1",
+		Port:       server.RANDOM_PORT,
+		MaxPayload: 1 << 20,
+	}
+	if so.ServerName == "" {
+		so.ServerName = "verifeye-bridge"
+	}
+	if opts.SyncInterval <= 0 {
+		so.SyncAlways = true
+	} else {
+		so.SyncInterval = opts.SyncInterval
+	}
+	switch opts.Addr {
+	case "":
+	case "-":
+		so.DontListen = true
+	default:
+		host, port, err := net.SplitHostPort(opts.Addr)
+		if err != nil {
+			return nil, fmt.Errorf("natsembed: listen address %q: %w", opts.Addr, err)
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil || p < 0 || p > 65535 {
+			return nil, fmt.Errorf("natsembed: listen address %q: bad port", opts.Addr)
+		}
+		if host == "" {
+			host = "0.0.0.0"
+		}
+		so.Host, so.Port = host, p
+		if p == 0 {
+			so.Port = server.RANDOM_PORT
+		}
+	}
+	if opts.Cluster != nil {
+		so.Cluster = *opts.Cluster
+		so.Routes = server.RoutesFromStr(strings.Join(opts.Routes, ","))
+	}
+	return so, nil
+}
+
+// logger adapts the server's logger to zerolog.
+type logger struct{ l zerolog.Logger }
+
+func (g logger) Noticef(f string, v ...any) { g.l.Info().Str("component", "nats-server").Msgf(f, v...) }
+func (g logger) Warnf(f string, v ...any)   { g.l.Warn().Str("component", "nats-server").Msgf(f, v...) }
+func (g logger) Fatalf(f string, v ...any)  { g.l.Error().Str("component", "nats-server").Msgf(f, v...) }
+func (g logger) Errorf(f string, v ...any)  { g.l.Error().Str("component", "nats-server").Msgf(f, v...) }
+func (g logger) Debugf(f string, v ...any)  { g.l.Debug().Str("component", "nats-server").Msgf(f, v...) }
+func (g logger) Tracef(f string, v ...any)  { g.l.Trace().Str("component", "nats-server").Msgf(f, v...) }

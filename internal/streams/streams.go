@@ -1,0 +1,240 @@
+// Package streams is the NATS half of the external contract: stream names and
+// configurations, subjects, header names and message IDs. The ingest (bridge) and
+// the enricher meet here and nowhere else.
+package streams
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Stream names of the contract.
+const (
+	Webhooks = "VERIFEYE_WEBHOOKS"
+	Results  = "VERIFEYE_RESULTS"
+	DLQ      = "VERIFEYE_DLQ"
+)
+
+// Header names of the contract.
+const (
+	HeaderMsgID       = jetstream.MsgIDHeader // Nats-Msg-Id
+	HeaderReceivedAt  = "Verifeye-Received-At"
+	HeaderError       = "Verifeye-Error"
+	HeaderErrorDetail = "Verifeye-Error-Detail"
+	HeaderLastStatus  = "Verifeye-Last-Status"
+	HeaderAttempts    = "Verifeye-Attempts"
+	HeaderOrigSubject = "Verifeye-Original-Subject"
+	HeaderOrigSeq     = "Verifeye-Original-Sequence"
+	HeaderContentType = "Content-Type"
+	HeaderTraceparent = "traceparent"
+	HeaderTracestate  = "tracestate"
+)
+
+// EventCompleted is the one webhook event the enricher enriches.
+const EventCompleted = "VerificationCompleted"
+
+// DefaultSource is the source of webhooks posted to the URL without a source segment.
+const DefaultSource = "default"
+
+// MaxWebhookBytes is the largest webhook body accepted, and the stream's MaxMsgSize
+// leaves room for it plus headers.
+const MaxWebhookBytes = 64 << 10
+
+var (
+	sourceRE  = regexp.MustCompile(`^[a-z0-9_-]{1,64}$`)
+	eventRE   = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_-]{0,63}$`)
+	uuidRE    = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+	prefixRE  = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+	outcomeRE = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,31}$`)
+)
+
+// ValidSource reports whether s may be a webhook source (one NATS token, [a-z0-9_-]{1,64}).
+func ValidSource(s string) bool { return sourceRE.MatchString(s) }
+
+// ValidEvent reports whether s may be a webhook event name ([A-Za-z][A-Za-z0-9_-]{0,63}).
+func ValidEvent(s string) bool { return eventRE.MatchString(s) }
+
+// ValidSessionID reports whether s is a UUID in the strict 8-4-4-4-12 hex form.
+// uuid.Parse is deliberately not used: it also accepts braces, URNs and undashed forms.
+func ValidSessionID(s string) bool { return uuidRE.MatchString(s) }
+
+// ValidPrefix reports whether s may be the SUBJECT_PREFIX (one NATS token).
+func ValidPrefix(s string) bool { return prefixRE.MatchString(s) }
+
+// Outcome maps a verificationResult value to the subject token of the result
+// stream: the lower-cased value when it is a plain word, else "unknown".
+func Outcome(verificationResult string) string {
+	o := strings.ToLower(strings.TrimSpace(verificationResult))
+	if outcomeRE.MatchString(o) {
+		return o
+	}
+	return "unknown"
+}
+
+// Subjects builds the subjects of one deployment (one SUBJECT_PREFIX).
+// The zero value is not usable; use NewSubjects.
+type Subjects struct{ prefix string }
+
+// NewSubjects returns the subjects under prefix, which must satisfy ValidPrefix.
+func NewSubjects(prefix string) (Subjects, error) {
+	if !ValidPrefix(prefix) {
+		return Subjects{}, fmt.Errorf("streams: invalid subject prefix %q: want one token of [A-Za-z0-9_-]", prefix)
+	}
+	return Subjects{prefix: prefix}, nil
+}
+
+// Prefix returns the first token of every subject.
+func (s Subjects) Prefix() string { return s.prefix }
+
+// Webhook returns <prefix>.webhook.<source>.<event>.
+func (s Subjects) Webhook(source, event string) string {
+	return s.prefix + ".webhook." + source + "." + event
+}
+
+// Result returns <prefix>.result.<source>.<outcome>.
+func (s Subjects) Result(source, outcome string) string {
+	return s.prefix + ".result." + source + "." + outcome
+}
+
+// DLQ returns <prefix>.dlq.<source>.<event>.
+func (s Subjects) DLQ(source, event string) string {
+	return s.prefix + ".dlq." + source + "." + event
+}
+
+// WebhooksAll, ResultsAll and DLQAll are the wildcard subjects of the three streams.
+func (s Subjects) WebhooksAll() string { return s.prefix + ".webhook.>" }
+
+// ResultsAll is the wildcard subject of the results stream.
+func (s Subjects) ResultsAll() string { return s.prefix + ".result.>" }
+
+// DLQAll is the wildcard subject of the dead-letter stream.
+func (s Subjects) DLQAll() string { return s.prefix + ".dlq.>" }
+
+// CompletedFilter is the enricher's filter: every source, VerificationCompleted only.
+func (s Subjects) CompletedFilter() string { return s.prefix + ".webhook.*." + EventCompleted }
+
+// ErrBadSubject is returned by Parse when a subject is not one of the contract's.
+var ErrBadSubject = errors.New("streams: subject is not of the form <prefix>.<kind>.<source>.<name>")
+
+// Parse splits a webhook, result or DLQ subject into its kind ("webhook",
+// "result", "dlq"), source and last token (event or outcome).
+func (s Subjects) Parse(subject string) (kind, source, name string, err error) {
+	parts := strings.Split(subject, ".")
+	if len(parts) != 4 || parts[0] != s.prefix {
+		return "", "", "", fmt.Errorf("%w: %q", ErrBadSubject, subject)
+	}
+	return parts[1], parts[2], parts[3], nil
+}
+
+// WebhookMsgID returns the Nats-Msg-Id of a webhook: <event>:<sessionId>, the
+// session ID lower-cased so that one session never yields two IDs.
+func WebhookMsgID(event, sessionID string) string {
+	return event + ":" + strings.ToLower(sessionID)
+}
+
+// ParseWebhookMsgID splits an ID made by WebhookMsgID.
+func ParseWebhookMsgID(id string) (event, sessionID string, ok bool) {
+	event, sessionID, ok = strings.Cut(id, ":")
+	if !ok || !ValidEvent(event) || !ValidSessionID(sessionID) {
+		return "", "", false
+	}
+	return event, sessionID, true
+}
+
+// Limits are the retention settings of the three streams.
+type Limits struct {
+	Replicas int
+	// Duplicates is the de-duplication window of the webhooks and results streams.
+	Duplicates      time.Duration
+	WebhooksMaxAge  time.Duration
+	WebhooksMaxSize int64
+	ResultsMaxAge   time.Duration
+	ResultsMaxSize  int64
+	DLQMaxAge       time.Duration
+	DLQMaxSize      int64
+}
+
+// DefaultLimits returns the defaults of the documented settings.
+func DefaultLimits() Limits {
+	return Limits{
+		Replicas:        1,
+		Duplicates:      10 * time.Minute,
+		WebhooksMaxAge:  7 * 24 * time.Hour,
+		WebhooksMaxSize: 1 << 30,
+		ResultsMaxAge:   7 * 24 * time.Hour,
+		ResultsMaxSize:  1 << 30,
+		DLQMaxAge:       30 * 24 * time.Hour,
+		DLQMaxSize:      256 << 20,
+	}
+}
+
+// Configs returns the stream configurations for subjects s under limits l.
+func Configs(s Subjects, l Limits) []jetstream.StreamConfig {
+	if l.Replicas < 1 {
+		l.Replicas = 1
+	}
+	dup := func(maxAge time.Duration) time.Duration {
+		// The server refuses a duplicate window longer than MaxAge.
+		if maxAge > 0 && l.Duplicates > maxAge {
+			return maxAge
+		}
+		return l.Duplicates
+	}
+	return []jetstream.StreamConfig{{
+		Name:        Webhooks,
+		Description: "VerifEye webhooks as received (verifeye-bridge)",
+		Subjects:    []string{s.WebhooksAll()},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    l.Replicas,
+		MaxAge:      l.WebhooksMaxAge,
+		MaxBytes:    l.WebhooksMaxSize,
+		// A full stream refuses new webhooks (the ingest answers 503) instead of
+		// silently dropping ones not enriched yet.
+		Discard:     jetstream.DiscardNew,
+		Duplicates:  dup(l.WebhooksMaxAge),
+		MaxMsgSize:  MaxWebhookBytes + 4096,
+		AllowDirect: true,
+	}, {
+		Name:        Results,
+		Description: "Enriched VerifEye outcomes as CloudEvents (verifeye-bridge)",
+		Subjects:    []string{s.ResultsAll()},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    l.Replicas,
+		MaxAge:      l.ResultsMaxAge,
+		MaxBytes:    l.ResultsMaxSize,
+		Discard:     jetstream.DiscardOld,
+		Duplicates:  dup(l.ResultsMaxAge),
+		AllowDirect: true,
+	}, {
+		Name:        DLQ,
+		Description: "VerifEye webhooks that could not be enriched (verifeye-bridge)",
+		Subjects:    []string{s.DLQAll()},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    l.Replicas,
+		MaxAge:      l.DLQMaxAge,
+		MaxBytes:    l.DLQMaxSize,
+		Discard:     jetstream.DiscardOld,
+		Duplicates:  dup(l.DLQMaxAge),
+		AllowDirect: true,
+	}}
+}
+
+// Ensure creates the three streams or updates them to the configurations of
+// Configs. It is idempotent and safe to call from many replicas at once.
+func Ensure(ctx context.Context, js jetstream.JetStream, s Subjects, l Limits) error {
+	for _, cfg := range Configs(s, l) {
+		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+			return fmt.Errorf("streams: create or update %s: %w", cfg.Name, err)
+		}
+	}
+	return nil
+}
