@@ -146,4 +146,3 @@ func (p Policy) Backoff(attempt int, jitter float64) time.Duration {
 func spread(d time.Duration, jitter float64) time.Duration {
 	return d/2 + time.Duration(float64(d/2)*jitter)
 }
-

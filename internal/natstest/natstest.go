@@ -213,4 +213,3 @@ func Count(t testing.TB, js jetstream.JetStream, stream string) int {
 	}
 	return int(info.State.Msgs)
 }
-
