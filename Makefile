@@ -24,6 +24,22 @@ test:
 test-short:
 	$(GO) test -short -count=1 ./...
 
+# Ingest load test of the built binary over loopback, each figure beside a ceiling
+# measured in the same run (docs/performance.md). BENCH_DURATION is per run;
+# BENCH_FLAGS adds flags, e.g. BENCH_FLAGS='-rate 1000,400' (bin/bench -h lists them).
+BENCH_DURATION ?= 10s
+BENCH_FLAGS    ?=
+bench: build
+	$(GO) build -o bin/bench ./internal/cmd/bench
+	bin/bench -bin $(BIN) -duration $(BENCH_DURATION) $(BENCH_FLAGS)
+
+# CPU profile of the ingest handler publishing to embedded JetStream; top cost centres.
+.PHONY: bench-profile
+bench-profile:
+	@mkdir -p bin
+	$(GO) test -run '^$$' -bench 'Ingest/handler' -benchtime 5s -cpuprofile bin/ingest.cpu.out -o bin/bridge.test ./bridge/
+	$(GO) tool pprof -top -cum -nodecount 40 -focus 'bridge\.' bin/bridge.test bin/ingest.cpu.out
+
 # Go benchmarks (each reports its ratio against a ceiling measured in the same run).
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./...

@@ -21,8 +21,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/realeyes/verifeye-bridge/internal/streams"
+	"github.com/realeyes/verifeye-bridge/internal/tracing"
 )
 
 // Publisher publishes a message to JetStream and waits for its acknowledgement.
@@ -57,6 +59,10 @@ type Options struct {
 	Gatherer   prometheus.Gatherer
 	// DisableWebhooks leaves out the webhook routes (the enricher's own server).
 	DisableWebhooks bool
+	// Tracing records a span per webhook; nil records none. Either way the
+	// webhook message carries a traceparent: the request's trace continued, or
+	// a new one.
+	Tracing *tracing.Tracing
 }
 
 // New returns the ingest handler: POST /webhooks/verifeye[/{source}], GET
@@ -125,8 +131,9 @@ func (h *handler) webhook(c echo.Context) error {
 	if source == "" {
 		source = streams.DefaultSource
 	}
+	ctx, span := h.opts.Tracing.StartServer(r.Context(), "POST /webhooks/verifeye", r.Header)
 	var w Webhook
-	dup, err := h.ingest(r, source, &w)
+	dup, err := h.ingest(ctx, r, source, &w)
 	status := http.StatusAccepted
 	result := "accepted"
 	if dup {
@@ -151,17 +158,45 @@ func (h *handler) webhook(c echo.Context) error {
 	// Never the query string or headers: they may carry the token or the API key.
 	ev.Str("source", source).Str("event", w.Event).Str("session_id", w.SessionID).
 		Int("status", status).Str("result", result).Float64("duration_ms", float64(time.Since(start).Microseconds())/1000).
-		Str("remote", c.RealIP()).Msg("webhook")
+		Str("remote", c.RealIP()).Str("trace_id", tracing.TraceID(ctx)).Msg("webhook")
+	if span.IsRecording() {
+		span.SetAttributes(attribute.String("verifeye.source", source), attribute.String("verifeye.event", w.Event),
+			attribute.String("verifeye.session_id", w.SessionID), attribute.Int("http.response.status_code", status))
+	}
+	if status >= 500 { // a 4xx is the client's fault, not the span's
+		tracing.End(span, err)
+	} else {
+		span.End()
+	}
 
 	if err != nil {
 		return err
 	}
-	return c.JSON(status, accepted{Status: "accepted", SessionID: w.SessionID, Duplicate: dup})
+	if r.URL.RawQuery != "" {
+		// Echo indents for ?pretty; keep its encoder wherever a query may ask.
+		return c.JSON(status, accepted{Status: "accepted", SessionID: w.SessionID, Duplicate: dup})
+	}
+	return c.JSONBlob(status, appendAccepted(make([]byte, 0, 96), w.SessionID, dup))
+}
+
+// appendAccepted appends what c.JSON writes for accepted{"accepted", sessionID,
+// duplicate}, byte for byte (with json.Encoder's trailing newline), without
+// reflection: the 202 body was the costliest step of the handler after parsing
+// and publishing (CPU profile, docs/performance.md). A session ID is validated
+// hex and dashes, so nothing in it needs escaping.
+func appendAccepted(b []byte, sessionID string, duplicate bool) []byte {
+	b = append(b, `{"status":"accepted","verificationSessionId":"`...)
+	b = append(b, sessionID...)
+	b = append(b, '"')
+	if duplicate {
+		b = append(b, `,"duplicate":true`...)
+	}
+	return append(b, "}\n"...)
 }
 
 // ingest validates r and publishes it; it reports whether JetStream already had
 // the event. w is filled as far as the request could be read.
-func (h *handler) ingest(r *http.Request, source string, w *Webhook) (duplicate bool, err error) {
+func (h *handler) ingest(ctx context.Context, r *http.Request, source string, w *Webhook) (duplicate bool, err error) {
 	if !streams.ValidSource(source) {
 		return false, &apiError{http.StatusBadRequest, "invalid_source", "source must match [a-z0-9_-]{1,64}"}
 	}
@@ -192,7 +227,8 @@ func (h *handler) ingest(r *http.Request, source string, w *Webhook) (duplicate 
 	msg := nats.NewMsg(h.opts.Subjects.Webhook(source, w.Event))
 	msg.Data = body
 	msg.Header.Set(streams.HeaderReceivedAt, time.Now().UTC().Format(time.RFC3339Nano))
-	ctx, cancel := context.WithTimeout(r.Context(), h.opts.PublishTimeout)
+	tracing.Inject(ctx, msg.Header)
+	ctx, cancel := context.WithTimeout(ctx, h.opts.PublishTimeout)
 	defer cancel()
 	start := time.Now()
 	ack, err := h.pub.PublishMsg(ctx, msg, jetstream.WithMsgID(w.MsgID()), jetstream.WithExpectStream(streams.Webhooks))

@@ -19,10 +19,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/attribute"
 	"golang.org/x/time/rate"
 
 	"github.com/realeyes/verifeye-bridge/enricher/verifeye"
 	"github.com/realeyes/verifeye-bridge/internal/streams"
+	"github.com/realeyes/verifeye-bridge/internal/tracing"
 )
 
 // APIClient fetches a session's result. *verifeye.Client implements it.
@@ -39,9 +41,12 @@ type Options struct {
 	MaxAttempts int           // deliveries before the DLQ, 10
 	AckWait     time.Duration // 30 s
 	AuthRetry   time.Duration // retry interval while the API answers 401/403, 30 s
-	Policy      Policy        // DefaultPolicy; Policy.MaxAttempts follows MaxAttempts
+	Policy      Policy        // zero fields take DefaultPolicy's; Policy.MaxAttempts follows MaxAttempts
 	// Registerer receives the enricher's collectors; nil means none.
 	Registerer prometheus.Registerer
+	// Tracing records a span per enrichment and per API call; nil records none.
+	// Either way the outcome carries the webhook's trace ID.
+	Tracing *tracing.Tracing
 }
 
 func (o *Options) defaults() {
@@ -63,8 +68,21 @@ func (o *Options) defaults() {
 	if o.AuthRetry <= 0 {
 		o.AuthRetry = 30 * time.Second
 	}
-	if o.Policy == (Policy{}) {
-		o.Policy = DefaultPolicy()
+	// Field by field: a Policy with only some fields set must not get a zero
+	// backoff (an immediate redelivery that burns attempts) or dead-letter
+	// every 404 at once.
+	def := DefaultPolicy()
+	if o.Policy.BackoffBase <= 0 {
+		o.Policy.BackoffBase = def.BackoffBase
+	}
+	if o.Policy.BackoffMax < o.Policy.BackoffBase {
+		o.Policy.BackoffMax = max(def.BackoffMax, o.Policy.BackoffBase)
+	}
+	if o.Policy.NotFoundDelay <= 0 {
+		o.Policy.NotFoundDelay = def.NotFoundDelay
+	}
+	if o.Policy.NotFoundAttempts <= 0 {
+		o.Policy.NotFoundAttempts = def.NotFoundAttempts
 	}
 	o.Policy.MaxAttempts = o.MaxAttempts
 }
@@ -125,8 +143,11 @@ func (e *Enricher) ConsumerConfig() jetstream.ConsumerConfig {
 		AckWait:       e.opts.AckWait,
 		// One more delivery than attempts: that one dead-letters a crash loop
 		// before calling the API; beyond it, the max-deliveries advisory does.
-		MaxDeliver:    e.opts.MaxAttempts + 1,
-		MaxAckPending: max(e.opts.Concurrency*4, 64),
+		MaxDeliver: e.opts.MaxAttempts + 1,
+		// Not the concurrency bound (each worker holds one message): messages
+		// waiting on a delayed retry also count here, so keep room for them, or
+		// lagging sessions would block healthy ones.
+		MaxAckPending: max(e.opts.Concurrency*4, 1000),
 	}
 }
 
@@ -195,6 +216,9 @@ func (e *Enricher) worker(ctx context.Context, cons jetstream.Consumer) {
 		if err != nil {
 			if ctx.Err() == nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
 				e.log.Warn().Err(err).Msg("fetch failed")
+				if consumerGone(err) {
+					e.recreateConsumer(ctx)
+				}
 				select {
 				case <-ctx.Done():
 				case <-time.After(time.Second):
@@ -204,14 +228,40 @@ func (e *Enricher) worker(ctx context.Context, cons jetstream.Consumer) {
 		}
 		// A fetched message is finished even during shutdown: it gets a live
 		// context, bounded by the ack wait.
+		e.m.inFlight.Inc()
 		e.handle(ctx, msg)
+		e.m.inFlight.Dec()
 	}
+}
+
+// consumerGone reports whether a fetch failed because the durable consumer no
+// longer exists (deleted by hand, or its stream re-created): no fetch can
+// succeed again until it is re-created.
+func consumerGone(err error) bool {
+	return errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrConsumerDeleted) ||
+		errors.Is(err, jetstream.ErrConsumerNotFound)
+}
+
+// recreateConsumer creates the durable consumer again, as a restart would.
+// Replicas and workers may all do it at once: the call is idempotent.
+func (e *Enricher) recreateConsumer(ctx context.Context) {
+	c, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := e.js.CreateOrUpdateConsumer(c, streams.Webhooks, e.ConsumerConfig()); err != nil {
+		e.log.Error().Err(err).Msg("the enricher consumer is gone and cannot be re-created")
+		return
+	}
+	e.log.Warn().Str("consumer", e.opts.Consumer).Msg("the enricher consumer was gone: re-created")
 }
 
 // handle enriches one webhook message. stop is the Run context: it only ends
 // a pause early; everything else completes with a context of its own.
 func (e *Enricher) handle(stop context.Context, msg jetstream.Msg) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(stop), e.opts.AckWait)
+	// live is never cancelled and carries the enrichment's span, a child of
+	// the webhook's trace context.
+	live, span := e.opts.Tracing.StartConsumer(context.WithoutCancel(stop), "enrich", msg.Headers())
+	defer span.End()
+	ctx, cancel := context.WithTimeout(live, e.opts.AckWait)
 	defer cancel()
 	meta, err := msg.Metadata()
 	if err != nil {
@@ -232,7 +282,10 @@ func (e *Enricher) handle(stop context.Context, msg jetstream.Msg) {
 		return
 	}
 	session := wh.SessionID
-	log := e.log.With().Str("session_id", session).Str("source", source).Int("attempt", attempt).Logger()
+	log := e.log.With().Str("session_id", session).Str("source", source).Int("attempt", attempt).Str("trace_id", tracing.TraceID(live)).Logger()
+	if span.IsRecording() {
+		span.SetAttributes(attribute.String("verifeye.session_id", session), attribute.String("verifeye.source", source), attribute.Int("verifeye.attempt", attempt))
+	}
 	if attempt > e.opts.MaxAttempts {
 		// Delivered more often than attempted: earlier deliveries crashed
 		// before deciding. Stop the loop here, without another API call.
@@ -245,7 +298,7 @@ func (e *Enricher) handle(stop context.Context, msg jetstream.Msg) {
 		d   Decision
 	)
 	for {
-		cctx, ccancel := context.WithTimeout(context.WithoutCancel(stop), e.opts.AckWait)
+		cctx, ccancel := context.WithTimeout(live, e.opts.AckWait)
 		res, err = e.call(cctx, msg, session)
 		ccancel()
 		d = e.opts.Policy.Decide(err, attempt, rand.Float64())
@@ -268,7 +321,7 @@ func (e *Enricher) handle(stop context.Context, msg jetstream.Msg) {
 	}
 
 	// The publish and ack get a fresh lease: a pause may have outlasted ctx.
-	pctx, pcancel := context.WithTimeout(context.WithoutCancel(stop), e.opts.AckWait)
+	pctx, pcancel := context.WithTimeout(live, e.opts.AckWait)
 	defer pcancel()
 	ctx = pctx
 	switch d.Action {
@@ -307,7 +360,9 @@ func (e *Enricher) call(ctx context.Context, msg jetstream.Msg, session string) 
 		}
 	}()
 	start := time.Now()
-	res, err := e.api.GetSessionResult(ctx, session)
+	cctx, span := e.opts.Tracing.StartClient(ctx, "GET /v1/verification/get-session-result")
+	res, err := e.api.GetSessionResult(cctx, session)
+	tracing.End(span, err)
 	e.m.observeCall(err, time.Since(start))
 	return res, err
 }
@@ -336,7 +391,10 @@ func (e *Enricher) publish(ctx context.Context, msg jetstream.Msg, meta *jetstre
 		received = t
 	}
 	outcome := res.Outcome()
-	body, err := MarshalEvent(Outcome{SessionID: session, Source: source, Outcome: outcome, ReceivedAt: received, Data: res.Body})
+	// A replayed webhook (verifeye-bridge replay) yields a new, distinguishable
+	// outcome: its ID is not the session ID, so de-duplication keeps it.
+	id := streams.ReplayOutcomeID(session, msg.Headers().Get(streams.HeaderReplay))
+	body, err := MarshalEvent(Outcome{ID: id, SessionID: session, Source: source, Outcome: outcome, ReceivedAt: received, Data: res.Body})
 	if err != nil { // the client checked the body is JSON; defensive
 		e.deadLetter(ctx, msg, meta, source, streams.EventCompleted, session, Decision{Action: DeadLetter, Reason: ReasonInvalidResponse, Status: res.Status}, int(meta.NumDelivered), err.Error())
 		return
@@ -344,10 +402,12 @@ func (e *Enricher) publish(ctx context.Context, msg jetstream.Msg, meta *jetstre
 	out := nats.NewMsg(e.opts.Subjects.Result(source, outcome))
 	out.Data = body
 	out.Header.Set(streams.HeaderContentType, EventContentType)
-	copyTrace(msg, out)
+	// The enricher's span context (the webhook's trace ID), or with tracing
+	// off the webhook's own traceparent.
+	tracing.Inject(ctx, out.Header)
 	// Guarantee 2: the session ID is the message ID, so a redelivery after a
 	// crash between this publish and the ack is dropped by the results stream.
-	ack, err := e.pub.PublishMsg(ctx, out, jetstream.WithMsgID(session), jetstream.WithExpectStream(streams.Results))
+	ack, err := e.pub.PublishMsg(ctx, out, jetstream.WithMsgID(id), jetstream.WithExpectStream(streams.Results))
 	if err != nil {
 		d := e.opts.Policy.Backoff(int(meta.NumDelivered), rand.Float64())
 		e.m.enrichments.WithLabelValues("retried", "publish_failed").Inc()
@@ -375,15 +435,15 @@ func (e *Enricher) publish(ctx context.Context, msg jetstream.Msg, meta *jetstre
 func (e *Enricher) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, source, event, session string, d Decision, attempt int, detail string) {
 	dlq := deadLetterMsg(e.opts.Subjects, msg.Subject(), source, event, msg.Headers(), msg.Data(), meta.Sequence.Stream, d.Reason, detail, d.Status, attempt)
 	if _, err := e.pub.PublishMsg(ctx, dlq, jetstream.WithMsgID(dlqMsgID(meta.Sequence.Stream)), jetstream.WithExpectStream(streams.DLQ)); err != nil {
-		e.log.Error().Err(err).Str("session_id", session).Msg("cannot publish to the DLQ; will retry")
+		e.log.Error().Err(err).Str("session_id", session).Str("trace_id", tracing.TraceID(ctx)).Msg("cannot publish to the DLQ; will retry")
 		_ = msg.NakWithDelay(e.opts.Policy.Backoff(attempt, rand.Float64()))
 		return
 	}
 	if err := msg.DoubleAck(ctx); err != nil {
-		e.log.Warn().Err(err).Str("session_id", session).Msg("ack after dead-lettering not confirmed")
+		e.log.Warn().Err(err).Str("session_id", session).Str("trace_id", tracing.TraceID(ctx)).Msg("ack after dead-lettering not confirmed")
 	}
 	e.m.enrichments.WithLabelValues("dead_lettered", d.Reason).Inc()
-	e.log.Error().Str("session_id", session).Str("source", source).Str("decision", "dead_letter").
+	e.log.Error().Str("session_id", session).Str("source", source).Str("trace_id", tracing.TraceID(ctx)).Str("decision", "dead_letter").
 		Str("reason", d.Reason).Int("status", d.Status).Int("attempt", attempt).Str("detail", detail).Msg("webhook dead-lettered")
 }
 
@@ -398,7 +458,7 @@ func deadLetterMsg(s streams.Subjects, subject, source, event string, h nats.Hea
 	}
 	m := nats.NewMsg(s.DLQ(source, event))
 	m.Data = data
-	for _, k := range []string{streams.HeaderReceivedAt, streams.HeaderTraceparent, streams.HeaderTracestate} {
+	for _, k := range []string{streams.HeaderReceivedAt, streams.HeaderReplay, streams.HeaderTraceparent, streams.HeaderTracestate} {
 		if v := h.Get(k); v != "" {
 			m.Header.Set(k, v)
 		}
@@ -419,14 +479,6 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n]
-}
-
-func copyTrace(from jetstream.Msg, to *nats.Msg) {
-	for _, k := range []string{streams.HeaderTraceparent, streams.HeaderTracestate} {
-		if v := from.Headers().Get(k); v != "" {
-			to.Header.Set(k, v)
-		}
-	}
 }
 
 // pause stops fetching until resume; it logs loudly once per AuthRetry.

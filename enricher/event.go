@@ -32,6 +32,8 @@ func EventSource(source string) string { return "verifeye-bridge/" + source }
 
 // Outcome is an enriched result as published on the results stream.
 type Outcome struct {
+	// ID is the CloudEvent id; empty means SessionID. A replayed outcome has
+	// its own (streams.ReplayOutcomeID), so consumers see a new event.
 	ID         string
 	SessionID  string
 	Source     string

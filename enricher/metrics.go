@@ -16,6 +16,7 @@ type metrics struct {
 	enrichments *prometheus.CounterVec
 	latency     prometheus.Histogram
 	paused      prometheus.Gauge
+	inFlight    prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -42,9 +43,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "verifeye_bridge_enricher_paused",
 			Help: "1 while enrichment is paused because the VerifEye API refuses the API key (401/403).",
 		}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "verifeye_bridge_enricher_in_flight",
+			Help: "Webhook messages this process has fetched and not yet settled (at most ENRICH_CONCURRENCY); the rest wait in JetStream.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.apiCalls, m.apiDuration, m.enrichments, m.latency, m.paused)
+		reg.MustRegister(m.apiCalls, m.apiDuration, m.enrichments, m.latency, m.paused, m.inFlight)
 	}
 	return m
 }

@@ -167,6 +167,10 @@ func (c ingestConfig) validate(api apiConfig) error {
 	default:
 		return fmt.Errorf("WEBHOOK_AUTH: %q is not api-key, token or none", c.WebhookAuth)
 	}
+	// A malformed WEBHOOK_API_KEY_SHA256 must fail here, before NATS is touched.
+	if _, err := webhookAuth(c, api); err != nil {
+		return err
+	}
 	if c.PublishTimeout <= 0 {
 		return errors.New("INGEST_PUBLISH_TIMEOUT: must be positive")
 	}

@@ -25,7 +25,9 @@ func natsOptions(c commonConfig, name string, log zerolog.Logger) []nats.Option 
 		// once (503) instead of waiting in memory that a crash would lose.
 		nats.ReconnectBufSize(-1),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			log.Warn().Err(err).Msg("nats disconnected")
+			if err != nil { // nil: our own Drain/Close at shutdown, not news
+				log.Warn().Err(err).Msg("nats disconnected")
+			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			log.Info().Str("server", nc.ConnectedUrlRedacted()).Msg("nats reconnected")

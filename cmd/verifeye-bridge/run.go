@@ -43,6 +43,13 @@ func commands() []command {
 		{"serve", "run the ingest and the enricher (embedded NATS when NATS_URL is empty)", cmdServe},
 		{"ingest", "run the HTTP ingest alone", cmdIngest},
 		{"enrich", "run the enricher alone", cmdEnrich},
+		{"dev", "serve plus a built-in VerifEye simulator: try it all with no configuration", cmdDev},
+		{"send", "post a sample webhook (or a burst) to a running bridge", cmdSend},
+		{"watch", "print outcomes as they arrive on the results stream", cmdWatch},
+		{"dlq", "list and replay dead-lettered webhooks", cmdDLQ},
+		{"replay", "re-enrich the webhooks of a time window (new outcomes)", cmdReplay},
+		{"healthcheck", "exit 0 if the service on HTTP_ADDR is ready (the image's HEALTHCHECK)", cmdHealthcheck},
+		{"simulator", "serve a stand-in VerifEye API (demos and compose; never production)", cmdSimulator},
 		{"version", "print the version", cmdVersion},
 	}
 }
@@ -85,7 +92,7 @@ func topUsage(w io.Writer) {
 	fmt.Fprintln(w, "\nUsage: verifeye-bridge <command> [flags]   (configuration is environment variables)")
 	fmt.Fprintln(w, "\nCommands:")
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-12s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintln(w, "\nRun 'verifeye-bridge <command> --help' for its flags and environment variables.")
 }

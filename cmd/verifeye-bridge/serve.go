@@ -31,6 +31,7 @@ type serviceConfig struct {
 	ingest   *ingestConfig   // serve, dev, ingest
 	api      *apiConfig
 	enrich   *enrichConfig // serve, dev, enrich
+	observe  observeConfig // METRICS_SAMPLE_INTERVAL, OTEL_*
 
 	// api is the Get Session Result client; nil builds one from api.
 	client enricher.APIClient
@@ -60,7 +61,7 @@ func cmdEnrich(ctx context.Context, args []string, stdout, stderr io.Writer) err
 }
 
 func (c *serviceConfig) specs() []any {
-	specs := []any{&c.common}
+	specs := []any{&c.common, &c.observe}
 	if c.embedded != nil {
 		specs = append(specs, c.embedded)
 	}
@@ -81,7 +82,7 @@ func (c *serviceConfig) load() error {
 	if err := process(c.specs()...); err != nil {
 		return usageError{err}
 	}
-	check := []func() error{c.common.validate}
+	check := []func() error{c.common.validate, c.observe.validate}
 	if c.embedded != nil {
 		check = append(check, c.embedded.validate)
 	} else if c.common.NATSURL == "" {
@@ -148,6 +149,12 @@ func serve(ctx context.Context, cfg serviceConfig, ln net.Listener, log zerolog.
 		ln.Close()
 		return fmt.Errorf("jetstream: %w", err)
 	}
+	tr, stopTracing, err := startTracing(ctx, cfg.observe, log)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer stopTracing()
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -161,13 +168,7 @@ func serve(ctx context.Context, cfg serviceConfig, ln net.Listener, log zerolog.
 	})
 
 	checks := []bridge.Check{{Name: "nats", Critical: true, Func: func(ctx context.Context) error {
-		if !conn.nc.IsConnected() {
-			return fmt.Errorf("not connected (%s)", conn.nc.Status())
-		}
-		if _, err := js.Stream(ctx, streams.Webhooks); err != nil {
-			return fmt.Errorf("stream %s: %w", streams.Webhooks, err)
-		}
-		return nil
+		return streams.Ready(ctx, conn.nc, js)
 	}}}
 
 	var enr *enricher.Enricher
@@ -189,6 +190,7 @@ func serve(ctx context.Context, cfg serviceConfig, ln net.Listener, log zerolog.
 			AckWait:     cfg.enrich.AckWait,
 			AuthRetry:   cfg.enrich.AuthRetry,
 			Registerer:  reg,
+			Tracing:     tr,
 			Policy: enricher.Policy{
 				BackoffBase:      cfg.enrich.BackoffBase,
 				BackoffMax:       cfg.enrich.BackoffMax,
@@ -216,6 +218,7 @@ func serve(ctx context.Context, cfg serviceConfig, ln net.Listener, log zerolog.
 		Registerer:      reg,
 		Gatherer:        reg,
 		DisableWebhooks: cfg.ingest == nil,
+		Tracing:         tr,
 	}
 	if cfg.ingest != nil {
 		opts.PublishTimeout = cfg.ingest.PublishTimeout
@@ -236,6 +239,8 @@ func serve(ctx context.Context, cfg serviceConfig, ln net.Listener, log zerolog.
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    16 << 10,
 	}
+	obs := newObserver(reg, conn.nc, js, cfg, checks, log)
+	g.Go(func() error { return obs.run(gctx) })
 	g.Go(func() error {
 		err := srv.Serve(ln)
 		if errors.Is(err, http.ErrServerClosed) {
@@ -309,7 +314,7 @@ func newAPIClient(c apiConfig) (*verifeye.Client, error) {
 			return nil, fmt.Errorf("VERIFEYE_REGION: %w", err)
 		}
 	}
-	cl, err := verifeye.New(url, c.APIKey.value(), verifeye.Options{Timeout: c.APITimeout, UserAgent: "verifeye-bridge/" + version})
+	cl, err := verifeye.New(url, c.APIKey.value(), verifeye.Options{Timeout: c.APITimeout, UserAgent: "verifeye-bridge/" + version, HTTPClient: tracedHTTPClient()})
 	if err != nil {
 		return nil, fmt.Errorf("VERIFEYE_API_URL: %w", err)
 	}

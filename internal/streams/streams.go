@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -31,6 +33,10 @@ const (
 	HeaderAttempts    = "Verifeye-Attempts"
 	HeaderOrigSubject = "Verifeye-Original-Subject"
 	HeaderOrigSeq     = "Verifeye-Original-Sequence"
+	// HeaderReplay marks a webhook re-published by `verifeye-bridge replay`: its
+	// value (the original's stream sequence) makes the outcome a new event,
+	// with the ID ReplayOutcomeID, instead of a duplicate of the first one.
+	HeaderReplay      = "Verifeye-Replay"
 	HeaderContentType = "Content-Type"
 	HeaderTraceparent = "traceparent"
 	HeaderTracestate  = "tracestate"
@@ -147,6 +153,31 @@ func ParseWebhookMsgID(id string) (event, sessionID string, ok bool) {
 	return event, sessionID, true
 }
 
+// RedriveMsgID returns the Nats-Msg-Id of a dead-lettered webhook re-published
+// to the webhooks stream: <event>:<sessionId>:redrive:<DLQ stream sequence>. It
+// escapes the first ID's duplicate window, and redriving one DLQ entry twice
+// yields one message.
+func RedriveMsgID(event, sessionID string, dlqSeq uint64) string {
+	return WebhookMsgID(event, sessionID) + ":redrive:" + strconv.FormatUint(dlqSeq, 10)
+}
+
+// ReplayMsgID returns the Nats-Msg-Id of a webhook re-published for
+// re-enrichment: <event>:<sessionId>:replay:<original stream sequence>, so an
+// interrupted replay run again within the duplicate window adds nothing twice.
+func ReplayMsgID(event, sessionID string, seq uint64) string {
+	return WebhookMsgID(event, sessionID) + ":replay:" + strconv.FormatUint(seq, 10)
+}
+
+// ReplayOutcomeID returns the Nats-Msg-Id and CloudEvent id of the outcome of a
+// webhook carrying HeaderReplay: <sessionId>:replay:<replay>, or the session ID
+// itself when replay is empty or not a plain token ([A-Za-z0-9_-]{1,64}).
+func ReplayOutcomeID(sessionID, replay string) string {
+	if !prefixRE.MatchString(replay) {
+		return sessionID
+	}
+	return sessionID + ":replay:" + replay
+}
+
 // Limits are the retention settings of the three streams.
 type Limits struct {
 	Replicas int
@@ -235,6 +266,19 @@ func Ensure(ctx context.Context, js jetstream.JetStream, s Subjects, l Limits) e
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 			return fmt.Errorf("streams: create or update %s: %w", cfg.Name, err)
 		}
+	}
+	return nil
+}
+
+// Ready reports whether the bridge can make webhooks durable right now: nc is
+// connected and the webhooks stream exists. It is the check behind /readyz. It
+// returns an error naming what is missing; it is safe for concurrent use.
+func Ready(ctx context.Context, nc *nats.Conn, js jetstream.JetStream) error {
+	if !nc.IsConnected() {
+		return fmt.Errorf("streams: nats not connected (%s)", nc.Status())
+	}
+	if _, err := js.Stream(ctx, Webhooks); err != nil {
+		return fmt.Errorf("streams: stream %s: %w", Webhooks, err)
 	}
 	return nil
 }

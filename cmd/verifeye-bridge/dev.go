@@ -1,0 +1,197 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/realeyes/verifeye-bridge/enricher/verifeye"
+	"github.com/realeyes/verifeye-bridge/enricher/verifeye/verifeyetest"
+)
+
+// cmdDev runs serve against a built-in VerifEye simulator on loopback, with
+// embedded NATS, and needs no configuration at all. It never calls the real API.
+func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cfg := serviceConfig{name: "dev", embedded: &embeddedConfig{}, ingest: &ingestConfig{}, api: &apiConfig{}, enrich: &enrichConfig{}}
+	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
+	if err := parseFlags(fs, args, stdout,
+		"Try the whole pipeline on this machine with no account and no configuration:\n"+
+			"serve (ingest, enricher, embedded NATS under DATA_DIR) plus a built-in VerifEye\n"+
+			"simulator on loopback. VERIFEYE_API_URL is ignored: dev never calls the real\n"+
+			"API. VERIFEYE_API_KEY is the simulator's key and the webhook key; without it a\n"+
+			"key is generated and printed. HTTP_ADDR defaults to 127.0.0.1:8080, LOG_FORMAT\n"+
+			"to console and LOG_LEVEL to warn. The session ID picks the outcome: see send.",
+		"verifeye-bridge dev", cfg.specs()...); err != nil {
+		return err
+	}
+	generated := false
+	if v, ok := os.LookupEnv("VERIFEYE_API_KEY"); !ok || v == "" {
+		cfg.api.APIKey, generated = secret(newAPIKey()), true
+	}
+	if err := cfg.load(); err != nil {
+		return err
+	}
+	// Dev's own defaults, where the variable is not set: loopback only (the key
+	// is printed), and logs that leave the human lines readable.
+	for env, set := range map[string]func(){
+		"HTTP_ADDR":  func() { cfg.common.HTTPAddr = "127.0.0.1:8080" },
+		"LOG_FORMAT": func() { cfg.common.LogFormat = "console" },
+		"LOG_LEVEL":  func() { cfg.common.LogLevel = "warn" },
+	} {
+		if _, ok := os.LookupEnv(env); !ok {
+			set()
+		}
+	}
+	log := newLogger(stderr, cfg.common)
+	if cfg.api.APIURL != "" {
+		log.Warn().Msg("VERIFEYE_API_URL is ignored: dev always uses its built-in simulator")
+	}
+	key := cfg.api.APIKey.value()
+
+	sim := verifeyetest.New(key)
+	simLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fmt.Errorf("simulator: %w", err)
+	}
+	simSrv := &http.Server{Handler: sim, ReadHeaderTimeout: 5 * time.Second}
+	simDone := make(chan error, 1)
+	go func() { simDone <- simSrv.Serve(simLn) }()
+	defer func() {
+		sim.Close() // ends pending scripted delays
+		c, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = simSrv.Shutdown(c)
+		<-simDone
+	}()
+	cfg.client, err = verifeye.New("http://"+simLn.Addr().String(), key, verifeye.Options{Timeout: cfg.api.APITimeout, UserAgent: "verifeye-bridge/" + version, HTTPClient: tracedHTTPClient()})
+	if err != nil {
+		return fmt.Errorf("simulator client: %w", err)
+	}
+
+	ln, err := net.Listen("tcp", cfg.common.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("HTTP_ADDR: %w", err)
+	}
+	cfg.onReady = func(addr string) {
+		waitReady(ctx, addr)
+		if ctx.Err() == nil {
+			devBanner(stdout, cfg, addr, key, generated)
+		}
+	}
+	return serve(ctx, cfg, ln, log)
+}
+
+// newAPIKey returns a random key for the simulator: 32 hex digits.
+func newAPIKey() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	return hex.EncodeToString(b[:])
+}
+
+// waitReady polls GET /readyz at addr until it answers 200, for up to 30 s.
+func waitReady(ctx context.Context, addr string) {
+	url := "http://" + loopbackAddr(addr) + "/readyz"
+	client := &http.Client{Timeout: time.Second}
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return
+		}
+		if resp, err := client.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// loopbackAddr returns addr with an unspecified host (":8080", "0.0.0.0:8080",
+// "[::]:8080") replaced by 127.0.0.1, for URLs a person can paste.
+func loopbackAddr(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
+}
+
+// devBanner prints the human lines of dev: where to send webhooks, with which
+// key, where NATS is, and commands ready to paste.
+func devBanner(w io.Writer, cfg serviceConfig, addr, key string, generated bool) {
+	base := "http://" + loopbackAddr(addr)
+	hook := base + "/webhooks/verifeye"
+	natsURL := "none (NATS_EMBEDDED_ADDR=-)"
+	switch {
+	case cfg.common.NATSURL != "":
+		natsURL = redactURLs(cfg.common.NATSURL)
+	case cfg.embedded.EmbeddedAddr != "-":
+		natsURL = "nats://" + loopbackAddr(cfg.embedded.EmbeddedAddr)
+	}
+
+	keyLine := key + "   (generated: the simulator's key, and the X-API-Key webhooks must send)"
+	keyArg := key
+	if !generated {
+		keyLine = "$VERIFEYE_API_KEY   (yours: the simulator's key and the webhook key; never sent to VerifEye)"
+		keyArg = "$VERIFEYE_API_KEY"
+	}
+	sendCmd := "verifeye-bridge send --url " + base + " --api-key " + keyArg
+	curlAuth := " -H 'X-API-Key: " + keyArg + "'"
+	if !generated {
+		curlAuth = ` -H "X-API-Key: $VERIFEYE_API_KEY"`
+	}
+	switch cfg.ingest.WebhookAuth {
+	case "token":
+		keyLine += "\n  webhook auth  WEBHOOK_AUTH=token: send ?token=$WEBHOOK_TOKEN or Authorization: Bearer $WEBHOOK_TOKEN"
+		sendCmd = "verifeye-bridge send --url " + base + ` --token "$WEBHOOK_TOKEN"`
+		curlAuth = ` -H "Authorization: Bearer $WEBHOOK_TOKEN"`
+	case "none":
+		keyLine += "\n  webhook auth  WEBHOOK_AUTH=none: webhooks need no credentials"
+		sendCmd = "verifeye-bridge send --url " + base
+		curlAuth = ""
+	}
+	watchCmd := "verifeye-bridge watch"
+	if natsURL != defaultToolNATSURL && strings.HasPrefix(natsURL, "nats://") {
+		watchCmd = "NATS_URL=" + natsURL + " verifeye-bridge watch"
+	}
+	sample := newSessionID()
+	sample = sample[:24] + "0000" + sample[28:] // last group 0000…: passes
+
+	var b strings.Builder
+	fmt.Fprintf(&b, "\nverifeye-bridge dev is ready: ingest, enricher, NATS JetStream and a simulated\n")
+	fmt.Fprintf(&b, "VerifEye API on this machine (the real API is never called).\n\n")
+	fmt.Fprintf(&b, "  webhook URL   %s   (or %s/<source>)\n", hook, hook)
+	fmt.Fprintf(&b, "  API key       %s\n", keyLine)
+	fmt.Fprintf(&b, "  NATS          %s", natsURL)
+	if cfg.common.NATSURL == "" {
+		fmt.Fprintf(&b, "   (JetStream data in %s)", cfg.embedded.DataDir)
+	}
+	fmt.Fprintf(&b, "\n\nSend a webhook:\n  %s\n", sendCmd)
+	fmt.Fprintf(&b, "  curl -i %s -H 'Content-Type: application/json'%s -d '{\"event\":\"VerificationCompleted\",\"verificationSessionId\":\"%s\"}'\n", hook, curlAuth, sample)
+	fmt.Fprintf(&b, "Watch the outcomes (in another terminal):\n  %s\n", watchCmd)
+	fmt.Fprintf(&b, "Pick the outcome with the last group of the session ID (send --session <id>):\n")
+	fmt.Fprintf(&b, "  …-0000…     passed                 …-fa11ed…   failed (liveness)\n")
+	fmt.Fprintf(&b, "  …-7e57…     passed, one verifier not_executed\n")
+	fmt.Fprintf(&b, "  …-404404…   never found: retried, then dead-lettered (verifeye-bridge dlq list)\n")
+	fmt.Fprintf(&b, "  …-500500…   API error 500: retried with backoff, then dead-lettered\n")
+	fmt.Fprintf(&b, "  any other   passed or failed, decided by a hash of the ID\n")
+	fmt.Fprintf(&b, "Stop with Ctrl-C.\n")
+	_, _ = io.WriteString(w, b.String())
+}

@@ -1,0 +1,312 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/realeyes/verifeye-bridge/internal/loadgen"
+	"github.com/realeyes/verifeye-bridge/internal/streams"
+)
+
+// benchEnv is what every measured process is started with.
+type benchEnv struct {
+	bin, self, tmp string
+	apiKey, apiURL string
+	logLevel       string
+}
+
+// target is one measured process: the ceiling, or serve with a sync setting.
+type target struct {
+	name    string
+	ceiling bool
+	sync    string // NATS_EMBEDDED_SYNC of serve
+	runs    int
+}
+
+// measurement is one target under one phase.
+type measurement struct {
+	warm, res        *loadgen.Result
+	cpu, genCPU      time.Duration // measured process and this process, during res
+	stored, accepted int           // serve: messages on the webhooks stream; 202s that were not duplicates
+	outcomes         int           // serve: outcomes the enricher published during res
+	fsyncs           float64       // the disk's fsyncs per second just before, if measured
+	exitErr          error
+}
+
+func (m *measurement) cpuPerReq() time.Duration {
+	if m.res.OK == 0 {
+		return 0
+	}
+	return m.cpu / time.Duration(m.res.OK)
+}
+
+func (m *measurement) genPerReq() time.Duration {
+	if m.res.OK == 0 {
+		return 0
+	}
+	return m.genCPU / time.Duration(m.res.OK)
+}
+
+func (m *measurement) cores() float64 { return m.cpu.Seconds() / m.res.Elapsed.Seconds() }
+
+// problems lists what makes the measurement invalid.
+func (m *measurement) problems(name string) []string {
+	var p []string
+	for _, r := range []*loadgen.Result{m.warm, m.res} {
+		if n := r.Failed(); n > 0 {
+			p = append(p, fmt.Sprintf("%s: %d of %d requests not answered 202 (statuses %v, first error %v)", name, n, r.Sent, r.Status, r.FirstError))
+		}
+		if r.Duplicates > 0 {
+			p = append(p, fmt.Sprintf("%s: %d answers were duplicates, but every session ID was new", name, r.Duplicates))
+		}
+	}
+	if m.stored != m.accepted {
+		p = append(p, fmt.Sprintf("%s: the webhooks stream holds %d messages, but %d webhooks were accepted", name, m.stored, m.accepted))
+	}
+	if m.exitErr != nil {
+		p = append(p, fmt.Sprintf("%s: %v", name, m.exitErr))
+	}
+	return p
+}
+
+// measure starts a fresh process for t, warms it up, measures one run and
+// stops it gracefully.
+func measure(ctx context.Context, env benchEnv, t *target, opts loadgen.Options, warmup time.Duration, run uint32) (*measurement, error) {
+	t.runs++
+	slug := strings.NewReplacer(" ", "", ",", "-", "=", "-", "(", "", ")", "").Replace(t.name) + "-" + strconv.Itoa(t.runs)
+	p, err := start(env, t, filepath.Join(env.tmp, slug))
+	if err != nil {
+		return nil, err
+	}
+	defer p.kill()
+	if err := p.waitReady(ctx, 60*time.Second); err != nil {
+		return nil, fmt.Errorf("%w\n%s", err, p.logTail())
+	}
+
+	// serve: a client of the embedded server, to count what was stored.
+	var js jetstream.JetStream
+	if p.natsAddr != "" {
+		nc, err := nats.Connect("nats://" + p.natsAddr)
+		if err != nil {
+			return nil, fmt.Errorf("nats: %w", err)
+		}
+		defer nc.Close()
+		if js, err = jetstream.New(nc); err != nil {
+			return nil, err
+		}
+	}
+
+	wh := loadgen.Webhooks{Host: p.addr, APIKey: env.apiKey, Run: run<<24 | uint32(t.runs)<<16}
+	opts.Addr, opts.Request = p.addr, wh.Append
+	warmOpts := opts
+	warmOpts.Duration = warmup
+	m := &measurement{}
+	if m.warm, err = loadgen.Run(ctx, warmOpts); err != nil {
+		return nil, err
+	}
+	opts.First = m.warm.Next
+
+	var before []int
+	if js != nil {
+		if before, err = streamMsgs(ctx, js, streams.Results); err != nil {
+			return nil, err
+		}
+	}
+	cpu0, err := loadgen.ProcCPU(p.cmd.Process.Pid)
+	if err != nil {
+		return nil, err
+	}
+	gen0, err := loadgen.ProcCPU(os.Getpid())
+	if err != nil {
+		return nil, err
+	}
+	if m.res, err = loadgen.Run(ctx, opts); err != nil {
+		return nil, err
+	}
+	cpu1, err := loadgen.ProcCPU(p.cmd.Process.Pid)
+	if err != nil {
+		return nil, err
+	}
+	gen1, _ := loadgen.ProcCPU(os.Getpid())
+	m.cpu, m.genCPU = cpu1-cpu0, gen1-gen0
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+
+	if js != nil {
+		after, err := streamMsgs(ctx, js, streams.Results, streams.Webhooks)
+		if err != nil {
+			return nil, err
+		}
+		m.outcomes, m.stored = after[0]-before[0], after[1]
+		m.accepted = m.warm.OK - m.warm.Duplicates + m.res.OK - m.res.Duplicates
+	}
+	if err := p.stop(30 * time.Second); err != nil {
+		m.exitErr = fmt.Errorf("%w\n%s", err, p.logTail())
+	}
+	return m, nil
+}
+
+// streamMsgs returns the number of messages on each of names.
+func streamMsgs(ctx context.Context, js jetstream.JetStream, names ...string) ([]int, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	out := make([]int, len(names))
+	for i, name := range names {
+		st, err := js.Stream(ctx, name)
+		if err != nil {
+			return nil, fmt.Errorf("stream %s: %w", name, err)
+		}
+		info, err := st.Info(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("stream %s: %w", name, err)
+		}
+		out[i] = int(info.State.Msgs)
+	}
+	return out, nil
+}
+
+// process is a started target.
+type process struct {
+	cmd      *exec.Cmd
+	addr     string // HTTP host:port
+	natsAddr string // serve: the embedded server's client address
+	logPath  string
+	done     chan struct{}
+	waitErr  error
+}
+
+func start(env benchEnv, t *target, dir string) (*process, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	p := &process{addr: addr, logPath: filepath.Join(dir, "log"), done: make(chan struct{})}
+	// Only what the process needs: no NATS_URL or other setting leaks in from
+	// the caller's environment.
+	vars := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"), "TMPDIR=" + os.TempDir()}
+	if t.ceiling {
+		p.cmd = exec.Command(env.self, "-role=ceiling", "-addr="+addr, "-api-key="+env.apiKey, "-log-level="+env.logLevel)
+	} else {
+		if p.natsAddr, err = freeAddr(); err != nil {
+			return nil, err
+		}
+		p.cmd = exec.Command(env.bin, "serve")
+		vars = append(vars,
+			"HTTP_ADDR="+addr,
+			"NATS_EMBEDDED_ADDR="+p.natsAddr,
+			"DATA_DIR="+filepath.Join(dir, "data"),
+			"NATS_EMBEDDED_SYNC="+t.sync,
+			"VERIFEYE_API_KEY="+env.apiKey,
+			"VERIFEYE_API_URL="+env.apiURL,
+			"LOG_LEVEL="+env.logLevel,
+		)
+	}
+	p.cmd.Env = vars
+	logf, err := os.Create(p.logPath)
+	if err != nil {
+		return nil, err
+	}
+	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	if err := p.cmd.Start(); err != nil {
+		logf.Close()
+		return nil, err
+	}
+	go func() {
+		p.waitErr = p.cmd.Wait()
+		logf.Close()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// freeAddr returns a loopback address that was free a moment ago.
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// waitReady polls GET /readyz until it answers 200.
+func (p *process) waitReady(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	client := &http.Client{Timeout: time.Second}
+	for {
+		select {
+		case <-p.done:
+			return fmt.Errorf("exited before it was ready: %v", p.waitErr)
+		case <-ctx.Done():
+			return ctx.Err()
+		default:
+		}
+		resp, err := client.Get("http://" + p.addr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not ready within %v", timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (p *process) stop(timeout time.Duration) error {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		if p.waitErr != nil {
+			return fmt.Errorf("exit after SIGTERM: %w", p.waitErr)
+		}
+		return nil
+	case <-time.After(timeout):
+		p.kill()
+		return errors.New("did not exit within " + timeout.String() + " of SIGTERM")
+	}
+}
+
+// kill ends the process if it still runs, and waits for it.
+func (p *process) kill() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
+// logTail returns the end of the process's log.
+func (p *process) logTail() string {
+	b, _ := os.ReadFile(p.logPath)
+	if len(b) > 4000 {
+		b = b[len(b)-4000:]
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			b = b[i+1:]
+		}
+	}
+	return string(b)
+}
