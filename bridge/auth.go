@@ -14,7 +14,7 @@ import (
 // safe for concurrent use.
 type Auth struct {
 	mode string
-	want [sha256.Size]byte // SHA-256 of the expected secret
+	want [][sha256.Size]byte // SHA-256 sums of the accepted secrets
 }
 
 // Auth modes, as WEBHOOK_AUTH names them.
@@ -25,22 +25,30 @@ const (
 )
 
 // APIKeyAuth accepts requests whose X-API-Key header equals key.
-func APIKeyAuth(key string) Auth { return Auth{mode: AuthAPIKey, want: sha256.Sum256([]byte(key))} }
+func APIKeyAuth(key string) Auth {
+	return Auth{mode: AuthAPIKey, want: [][sha256.Size]byte{sha256.Sum256([]byte(key))}}
+}
 
-// APIKeyHashAuth accepts requests whose X-API-Key hashes (SHA-256) to hexSum, so
-// an ingest-only replica need not hold the key itself.
-func APIKeyHashAuth(hexSum string) (Auth, error) {
-	b, err := hex.DecodeString(strings.TrimSpace(hexSum))
-	if err != nil || len(b) != sha256.Size {
-		return Auth{}, fmt.Errorf("bridge: api key hash must be 64 hex characters (a SHA-256 sum)")
-	}
+// APIKeyHashAuth accepts requests whose X-API-Key hashes (SHA-256) to one of
+// hexSums, comma-separated, so an ingest-only replica need not hold the key
+// itself, and a key can be rotated without a window of 401s (list the old and
+// the new key's sums until VerifEye sends the new one).
+func APIKeyHashAuth(hexSums string) (Auth, error) {
 	a := Auth{mode: AuthAPIKey}
-	copy(a.want[:], b)
+	for _, h := range strings.Split(hexSums, ",") {
+		b, err := hex.DecodeString(strings.TrimSpace(h))
+		if err != nil || len(b) != sha256.Size {
+			return Auth{}, fmt.Errorf("bridge: api key hash must be 64 hex characters (a SHA-256 sum), comma-separated for several")
+		}
+		a.want = append(a.want, [sha256.Size]byte(b))
+	}
 	return a, nil
 }
 
 // TokenAuth accepts requests carrying token as ?token= or Authorization: Bearer.
-func TokenAuth(token string) Auth { return Auth{mode: AuthToken, want: sha256.Sum256([]byte(token))} }
+func TokenAuth(token string) Auth {
+	return Auth{mode: AuthToken, want: [][sha256.Size]byte{sha256.Sum256([]byte(token))}}
+}
 
 // NoAuth accepts every request.
 func NoAuth() Auth { return Auth{mode: AuthNone} }
@@ -70,5 +78,9 @@ func (a Auth) check(r *http.Request) bool {
 		return false
 	}
 	sum := sha256.Sum256([]byte(got))
-	return subtle.ConstantTimeCompare(sum[:], a.want[:]) == 1
+	ok := 0
+	for _, w := range a.want { // no early exit: the time does not say which matched
+		ok |= subtle.ConstantTimeCompare(sum[:], w[:])
+	}
+	return ok == 1
 }

@@ -6,8 +6,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/rs/zerolog"
 
 	"github.com/realeyes/verifeye-bridge/bridge"
 	"github.com/realeyes/verifeye-bridge/internal/natstest"
@@ -119,6 +122,7 @@ func TestWebhookRejected(t *testing.T) {
 		{"DELETE with source", request{method: http.MethodDelete, path: "/webhooks/verifeye/shop-1"}, 405, "method_not_allowed"},
 		{"POST /healthz", request{path: "/healthz", body: good}, 405, "method_not_allowed"},
 		{"unknown route", request{path: "/webhooks/other", body: good}, 404, "not_found"},
+		{"trailing slash, no source", request{path: "/webhooks/verifeye/", body: good}, 404, "not_found"},
 
 		// Authentication (api-key mode).
 		{"missing X-API-Key", request{body: good, header: map[string]string{"X-API-Key": ""}}, 401, "unauthorized"},
@@ -296,5 +300,32 @@ func TestParseWebhook(t *testing.T) {
 		if ve.Code != tc.wantCode || ve.Message == "" {
 			t.Errorf("ParseWebhook(%q) = code %q message %q, want code %q and a message", tc.body, ve.Code, ve.Message, tc.wantCode)
 		}
+	}
+}
+
+// TestAPIKeyHashAuthRotation: with the old and the new key's sums listed, both
+// keys are accepted and any other is refused, so a key rotates without 401s.
+func TestAPIKeyHashAuthRotation(t *testing.T) {
+	oldSum, newSum := sha256.Sum256([]byte("old-key")), sha256.Sum256([]byte("new-key"))
+	auth, err := bridge.APIKeyHashAuth(hex.EncodeToString(oldSum[:]) + ", " + hex.EncodeToString(newSum[:]))
+	if err != nil {
+		t.Fatalf("APIKeyHashAuth(two sums): %v", err)
+	}
+	h := bridge.New(nil, zerolog.Nop(), bridge.Options{Auth: auth})
+	for key, want := range map[string]int{"old-key": 0, "new-key": 0, "other-key": http.StatusUnauthorized, "": http.StatusUnauthorized} {
+		req := httptest.NewRequest(http.MethodPost, "/webhooks/verifeye", strings.NewReader(`not json`))
+		req.Header.Set("X-API-Key", key)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		// An accepted key gets past authentication to the body check (400).
+		if want == 0 {
+			want = http.StatusBadRequest
+		}
+		if rec.Code != want {
+			t.Errorf("X-API-Key %q: status %d, want %d", key, rec.Code, want)
+		}
+	}
+	if _, err := bridge.APIKeyHashAuth(hex.EncodeToString(oldSum[:]) + ",nothex"); err == nil {
+		t.Errorf("APIKeyHashAuth(a sum, then garbage) = nil error, want an error")
 	}
 }

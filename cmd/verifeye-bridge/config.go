@@ -64,7 +64,7 @@ type embeddedConfig struct {
 // ingestConfig is read by serve, dev and ingest.
 type ingestConfig struct {
 	WebhookAuth    string        `envconfig:"WEBHOOK_AUTH" default:"api-key" desc:"api-key (X-API-Key must equal VERIFEYE_API_KEY or match WEBHOOK_API_KEY_SHA256), token, or none"`
-	WebhookKeyHash string        `envconfig:"WEBHOOK_API_KEY_SHA256" desc:"hex SHA-256 of the API key, so an ingest-only replica need not hold the key"`
+	WebhookKeyHash string        `envconfig:"WEBHOOK_API_KEY_SHA256" desc:"hex SHA-256 of the API key, so an ingest-only replica need not hold the key; comma-separated to accept an old and a new key while rotating"`
 	WebhookToken   secret        `envconfig:"WEBHOOK_TOKEN" desc:"token expected as ?token= or Authorization: Bearer when WEBHOOK_AUTH=token"`
 	PublishTimeout time.Duration `envconfig:"INGEST_PUBLISH_TIMEOUT" default:"3s" desc:"longest wait for JetStream's acknowledgement before answering 503"`
 }
