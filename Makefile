@@ -4,7 +4,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 BIN       := bin/verifeye-bridge
 
-.PHONY: build run serve test test-short bench bench-go fuzz lint vet clean
+.PHONY: build run serve test test-cluster test-short bench bench-go fuzz lint vet clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/verifeye-bridge
@@ -20,6 +20,10 @@ serve:
 test:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 10m ./...
+
+# A real three-node NATS cluster losing a server under load; run alone.
+test-cluster:
+	VERIFEYE_TEST_CLUSTER=1 $(GO) test -race -count=1 -timeout 5m -run 'TestCluster' -v ./cmd/verifeye-bridge/
 
 test-short:
 	$(GO) test -short -count=1 ./...

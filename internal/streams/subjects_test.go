@@ -196,13 +196,19 @@ func TestEnsureAndReady(t *testing.T) {
 	if err := streams.Ready(ctx, nc, js); err != nil {
 		t.Errorf("Ready after Ensure = %v, want nil", err)
 	}
+	// Each probe gets its own deadline, as a /readyz request does.
+	ready := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		return streams.Ready(ctx, nc, js)
+	}
 	srv.Shutdown()
 	natstest.WaitFor(t, 10*time.Second, func() error {
-		if streams.Ready(ctx, nc, js) == nil {
+		if ready() == nil {
 			return errors.New("Ready = nil with the server down")
 		}
 		return nil
 	})
 	srv.Restart()
-	natstest.WaitFor(t, 10*time.Second, func() error { return streams.Ready(ctx, nc, js) })
+	natstest.WaitFor(t, 20*time.Second, ready)
 }
