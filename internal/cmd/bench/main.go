@@ -1,17 +1,18 @@
 // Command bench measures the ingest of the built verifeye-bridge binary over
-// loopback (`make bench`), against a ceiling measured in the same run: the same
-// handler, with the same authentication, logging and metrics, in a process of
-// the same shape (this binary re-executed with -role=ceiling), whose publisher
-// acknowledges at once without any I/O. Every figure is printed beside the
-// ceiling's, so a noisy machine moves both.
+// loopback (`make bench`; docs/performance.md), against a ceiling measured in
+// the same run: the same handler, with the same authentication, logging and
+// metrics, in a process of the same shape (this binary re-executed with
+// -role=ceiling), whose publisher acknowledges at once without any I/O. Every
+// figure is printed beside the ceiling's, so a noisy machine moves both.
 //
 // Phase 1 is closed-loop (every connection sends its next webhook as soon as the
-// previous answer arrived): throughput and latency at saturation. Phase 2 is
-// open-loop at a fixed rate: latency at a realistic load, and the cost of
-// NATS_EMBEDDED_SYNC=always (fsync before every acknowledgement) against a 1 s
-// sync interval. Each target is a fresh process with a fresh DATA_DIR; every
-// request carries a new session ID, so every 202 is a real publish, and after
-// each run the webhooks stream must hold exactly one message per 202.
+// previous answer arrived): throughput and latency at saturation. The next
+// phases are open-loop at fixed rates (-rate, 1000/s by default): latency at a
+// steady load, and the cost of NATS_EMBEDDED_SYNC=always (fsync before every
+// acknowledgement) against a 1 s sync interval. Each target is a fresh process
+// with a fresh DATA_DIR; every request carries a new session ID, so every 202
+// is a real publish, and after each run the webhooks stream must hold exactly
+// one message per 202, or the command fails.
 package main
 
 import (
