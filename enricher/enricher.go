@@ -171,7 +171,7 @@ func (e *Enricher) Ready(context.Context) error {
 func (e *Enricher) Run(ctx context.Context) error {
 	var cons jetstream.Consumer
 	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 10*time.Second) {
-		c, cancel := context.WithTimeout(ctx, 10*time.Second)
+		c, cancel := context.WithTimeout(ctx, streams.AttemptTimeout) // see streams.Ensure: a lost answer to a concurrent create
 		var err error
 		cons, err = e.js.CreateOrUpdateConsumer(c, streams.Webhooks, e.ConsumerConfig())
 		cancel()
@@ -245,7 +245,7 @@ func consumerGone(err error) bool {
 // recreateConsumer creates the durable consumer again, as a restart would.
 // Replicas and workers may all do it at once: the call is idempotent.
 func (e *Enricher) recreateConsumer(ctx context.Context) {
-	c, cancel := context.WithTimeout(ctx, 10*time.Second)
+	c, cancel := context.WithTimeout(ctx, streams.AttemptTimeout)
 	defer cancel()
 	if _, err := e.js.CreateOrUpdateConsumer(c, streams.Webhooks, e.ConsumerConfig()); err != nil {
 		e.log.Error().Err(err).Msg("the enricher consumer is gone and cannot be re-created")

@@ -273,9 +273,7 @@ func serve(ctx context.Context, cfg serviceConfig, ln net.Listener, log zerolog.
 // ctx ends: a NATS outage at start delays readiness, it does not stop the process.
 func ensureStreams(ctx context.Context, js jetstream.JetStream, s streams.Subjects, l streams.Limits, log zerolog.Logger) {
 	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 10*time.Second) {
-		c, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := streams.Ensure(c, js, s, l)
-		cancel()
+		err := streams.Ensure(ctx, js, s, l)
 		if err == nil {
 			log.Info().Int("replicas", l.Replicas).Dur("duplicate_window", l.Duplicates).Msg("streams ready")
 			return

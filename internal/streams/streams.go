@@ -261,14 +261,30 @@ func Configs(s Subjects, l Limits) []jetstream.StreamConfig {
 
 // Ensure creates the three streams or updates them to the configurations of
 // Configs. It is idempotent and safe to call from many replicas at once.
+//
+// Each stream gets attempts of at most AttemptTimeout: when several replicas
+// create the same clustered stream at once, nats-server answers only the one
+// whose request won, and the others' requests are never answered. Their next
+// attempt finds the stream and succeeds at once.
 func Ensure(ctx context.Context, js jetstream.JetStream, s Subjects, l Limits) error {
 	for _, cfg := range Configs(s, l) {
-		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
-			return fmt.Errorf("streams: create or update %s: %w", cfg.Name, err)
+		for attempt := 1; ; attempt++ {
+			c, cancel := context.WithTimeout(ctx, AttemptTimeout)
+			_, err := js.CreateOrUpdateStream(c, cfg)
+			cancel()
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil || attempt == 3 || !errors.Is(err, context.DeadlineExceeded) {
+				return fmt.Errorf("streams: create or update %s: %w", cfg.Name, err)
+			}
 		}
 	}
 	return nil
 }
+
+// AttemptTimeout bounds one create-or-update request of Ensure.
+const AttemptTimeout = 3 * time.Second
 
 // Ready reports whether the bridge can make webhooks durable right now: nc is
 // connected and the webhooks stream exists. It is the check behind /readyz. It
