@@ -28,18 +28,31 @@ func (s secret) String() string {
 }
 func (s secret) value() string { return string(s) }
 
+// NATSAuth is NATS authentication and TLS, as the NATS CLI names them;
+// the services and the terminal tools read it alike.
+type NATSAuth struct {
+	NATSCreds    string `envconfig:"NATS_CREDS" desc:"NATS credentials file (JWT + nkey seed)"`
+	NATSNKey     string `envconfig:"NATS_NKEY" desc:"NATS nkey seed file"`
+	NATSUser     string `envconfig:"NATS_USER" desc:"NATS user name"`
+	NATSPassword secret `envconfig:"NATS_PASSWORD" desc:"NATS password"`
+	NATSToken    secret `envconfig:"NATS_TOKEN" desc:"NATS authentication token"`
+	NATSTLSCA    string `envconfig:"NATS_TLS_CA" desc:"CA certificate file to verify the NATS servers"`
+	NATSTLSCert  string `envconfig:"NATS_TLS_CERT" desc:"client certificate file for NATS mutual TLS"`
+	NATSTLSKey   string `envconfig:"NATS_TLS_KEY" desc:"client key file for NATS mutual TLS"`
+}
+
+func (c NATSAuth) validate() error {
+	if (c.NATSTLSCert == "") != (c.NATSTLSKey == "") {
+		return fmt.Errorf("NATS_TLS_CERT and NATS_TLS_KEY: set both or neither")
+	}
+	return nil
+}
+
 // commonConfig is read by every subcommand that talks to NATS.
 type commonConfig struct {
-	HTTPAddr       string        `envconfig:"HTTP_ADDR" default:":8080" desc:"HTTP listen address (ingest, or the enricher's health and metrics)"`
-	NATSURL        string        `envconfig:"NATS_URL" desc:"NATS server URL(s), comma-separated; empty in serve/dev starts an embedded server"`
-	NATSCreds      string        `envconfig:"NATS_CREDS" desc:"NATS credentials file (JWT + nkey seed)"`
-	NATSNKey       string        `envconfig:"NATS_NKEY" desc:"NATS nkey seed file"`
-	NATSUser       string        `envconfig:"NATS_USER" desc:"NATS user name"`
-	NATSPassword   secret        `envconfig:"NATS_PASSWORD" desc:"NATS password"`
-	NATSToken      secret        `envconfig:"NATS_TOKEN" desc:"NATS authentication token"`
-	NATSTLSCA      string        `envconfig:"NATS_TLS_CA" desc:"CA certificate file to verify the NATS servers"`
-	NATSTLSCert    string        `envconfig:"NATS_TLS_CERT" desc:"client certificate file for NATS mutual TLS"`
-	NATSTLSKey     string        `envconfig:"NATS_TLS_KEY" desc:"client key file for NATS mutual TLS"`
+	HTTPAddr string `envconfig:"HTTP_ADDR" default:":8080" desc:"HTTP listen address (ingest, or the enricher's health and metrics)"`
+	NATSURL  string `envconfig:"NATS_URL" desc:"NATS server URL(s), comma-separated; empty in serve/dev starts an embedded server"`
+	NATSAuth
 	SubjectPrefix  string        `envconfig:"SUBJECT_PREFIX" default:"verifeye" desc:"first token of every subject"`
 	StreamReplicas int           `envconfig:"STREAM_REPLICAS" default:"1" desc:"JetStream replicas of the streams the bridge creates (1, 3 or 5)"`
 	DupWindow      time.Duration `envconfig:"STREAM_DUPLICATE_WINDOW" default:"10m" desc:"de-duplication window of the webhooks and results streams"`
@@ -110,10 +123,7 @@ func (c commonConfig) validate() error {
 	if c.ShutdownGrace <= 0 {
 		return fmt.Errorf("SHUTDOWN_GRACE: must be positive")
 	}
-	if (c.NATSTLSCert == "") != (c.NATSTLSKey == "") {
-		return fmt.Errorf("NATS_TLS_CERT and NATS_TLS_KEY: set both or neither")
-	}
-	return nil
+	return c.NATSAuth.validate()
 }
 
 func (c commonConfig) limits() streams.Limits {

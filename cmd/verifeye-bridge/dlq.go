@@ -124,19 +124,11 @@ func cmdDLQList(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if f.source != "" && !streams.ValidSource(f.source) {
 		return usagef("--source %q: want [a-z0-9_-]{1,64}", f.source)
 	}
-	subjects, err := cfg.load()
-	if err != nil {
-		return err
-	}
-	nc, js, err := connectTool(cfg, "dlq list", stderr)
+	subjects, nc, _, st, err := openTool(ctx, cfg, "dlq list", streams.DLQ, stderr)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	st, err := openStream(ctx, js, streams.DLQ)
-	if err != nil {
-		return err
-	}
 	entries, err := readDLQ(ctx, st, subjects, f)
 	if err != nil {
 		return err
@@ -197,19 +189,11 @@ func cmdDLQReplay(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	case f.source != "" && !streams.ValidSource(f.source):
 		return usagef("--source %q: want [a-z0-9_-]{1,64}", f.source)
 	}
-	subjects, err := cfg.load()
-	if err != nil {
-		return err
-	}
-	nc, js, err := connectTool(cfg, "dlq replay", stderr)
+	subjects, nc, js, st, err := openTool(ctx, cfg, "dlq replay", streams.DLQ, stderr)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	st, err := openStream(ctx, js, streams.DLQ)
-	if err != nil {
-		return err
-	}
 	if _, err := openStream(ctx, js, streams.Webhooks); err != nil {
 		return err
 	}

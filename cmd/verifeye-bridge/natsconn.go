@@ -14,7 +14,7 @@ import (
 
 // natsOptions returns the client options of the contract's NATS_* settings. The
 // connection reconnects forever: an outage of any length ends when NATS returns.
-func natsOptions(c commonConfig, name string, log zerolog.Logger) []nats.Option {
+func natsOptions(c NATSAuth, name string, log zerolog.Logger) []nats.Option {
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
@@ -70,7 +70,7 @@ type connection struct {
 // connect connects to NATS_URL, or with it empty and embedded non-nil, starts
 // the embedded server and connects in-process.
 func connect(c commonConfig, embedded *embeddedConfig, name string, log zerolog.Logger) (*connection, error) {
-	opts := natsOptions(c, name, log)
+	opts := natsOptions(c.NATSAuth, name, log)
 	if c.NATSURL != "" {
 		nc, err := nats.Connect(c.NATSURL, opts...)
 		if err != nil {

@@ -55,19 +55,11 @@ func cmdReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if *source != "" && !streams.ValidSource(*source) {
 		return usagef("--source %q: want [a-z0-9_-]{1,64}", *source)
 	}
-	subjects, err := cfg.load()
-	if err != nil {
-		return err
-	}
-	nc, js, err := connectTool(cfg, "replay", stderr)
+	subjects, nc, js, st, err := openTool(ctx, cfg, "replay", streams.Webhooks, stderr)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	st, err := openStream(ctx, js, streams.Webhooks)
-	if err != nil {
-		return err
-	}
 
 	occ := jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{subjects.Webhook(orAny(*source), streams.EventCompleted)},

@@ -22,15 +22,8 @@ const defaultToolNATSURL = "nats://127.0.0.1:4222"
 
 // toolConfig is the environment of the terminal tools (watch, dlq, replay).
 type toolConfig struct {
-	NATSURL       string `envconfig:"NATS_URL" default:"nats://127.0.0.1:4222" desc:"NATS server URL(s), comma-separated (default: the embedded server of serve/dev)"`
-	NATSCreds     string `envconfig:"NATS_CREDS" desc:"NATS credentials file (JWT + nkey seed)"`
-	NATSNKey      string `envconfig:"NATS_NKEY" desc:"NATS nkey seed file"`
-	NATSUser      string `envconfig:"NATS_USER" desc:"NATS user name"`
-	NATSPassword  secret `envconfig:"NATS_PASSWORD" desc:"NATS password"`
-	NATSToken     secret `envconfig:"NATS_TOKEN" desc:"NATS authentication token"`
-	NATSTLSCA     string `envconfig:"NATS_TLS_CA" desc:"CA certificate file to verify the NATS servers"`
-	NATSTLSCert   string `envconfig:"NATS_TLS_CERT" desc:"client certificate file for NATS mutual TLS"`
-	NATSTLSKey    string `envconfig:"NATS_TLS_KEY" desc:"client key file for NATS mutual TLS"`
+	NATSURL string `envconfig:"NATS_URL" default:"nats://127.0.0.1:4222" desc:"NATS server URL(s), comma-separated (default: the embedded server of serve/dev)"`
+	NATSAuth
 	SubjectPrefix string `envconfig:"SUBJECT_PREFIX" default:"verifeye" desc:"first token of every subject"`
 }
 
@@ -42,8 +35,8 @@ func (c *toolConfig) load() (streams.Subjects, error) {
 	if c.NATSURL == "" {
 		c.NATSURL = defaultToolNATSURL
 	}
-	if (c.NATSTLSCert == "") != (c.NATSTLSKey == "") {
-		return streams.Subjects{}, usagef("NATS_TLS_CERT and NATS_TLS_KEY: set both or neither")
+	if err := c.NATSAuth.validate(); err != nil {
+		return streams.Subjects{}, usageError{err}
 	}
 	s, err := streams.NewSubjects(c.SubjectPrefix)
 	if err != nil {
@@ -52,22 +45,13 @@ func (c *toolConfig) load() (streams.Subjects, error) {
 	return s, nil
 }
 
-func (c toolConfig) common() commonConfig {
-	return commonConfig{
-		NATSURL: c.NATSURL, NATSCreds: c.NATSCreds, NATSNKey: c.NATSNKey,
-		NATSUser: c.NATSUser, NATSPassword: c.NATSPassword, NATSToken: c.NATSToken,
-		NATSTLSCA: c.NATSTLSCA, NATSTLSCert: c.NATSTLSCert, NATSTLSKey: c.NATSTLSKey,
-		SubjectPrefix: c.SubjectPrefix,
-	}
-}
-
 // connectTool connects to NATS for a terminal tool. Unlike the services, a tool
 // fails at once when no server answers: a person is waiting for it. Once
 // connected it reconnects like the services do. The caller must Close the
 // connection.
 func connectTool(c toolConfig, name string, stderr io.Writer) (*nats.Conn, jetstream.JetStream, error) {
 	log := zerolog.New(zerolog.ConsoleWriter{Out: stderr, TimeFormat: "15:04:05"}).Level(zerolog.WarnLevel).With().Timestamp().Logger()
-	opts := append(natsOptions(c.common(), "verifeye-bridge "+name, log),
+	opts := append(natsOptions(c.NATSAuth, "verifeye-bridge "+name, log),
 		nats.RetryOnFailedConnect(false),
 		nats.Timeout(5*time.Second),
 		// A normal Close is not worth a warning; a lost connection is.
@@ -87,6 +71,25 @@ func connectTool(c toolConfig, name string, stderr io.Writer) (*nats.Conn, jetst
 		return nil, nil, fmt.Errorf("jetstream: %w", err)
 	}
 	return nc, js, nil
+}
+
+// openTool loads cfg, connects and opens stream: the start of every tool that
+// works on one stream. The caller must Close the connection.
+func openTool(ctx context.Context, cfg toolConfig, name, stream string, stderr io.Writer) (streams.Subjects, *nats.Conn, jetstream.JetStream, jetstream.Stream, error) {
+	subjects, err := cfg.load()
+	if err != nil {
+		return subjects, nil, nil, nil, err
+	}
+	nc, js, err := connectTool(cfg, name, stderr)
+	if err != nil {
+		return subjects, nil, nil, nil, err
+	}
+	st, err := openStream(ctx, js, stream)
+	if err != nil {
+		nc.Close()
+		return subjects, nil, nil, nil, err
+	}
+	return subjects, nc, js, st, nil
 }
 
 // redactURLs drops the user information of each comma-separated URL.
