@@ -411,17 +411,7 @@ func TestEnricherPausesOnRefusedKey(t *testing.T) {
 		t.Errorf("after the pause: %d messages redelivered, want 0", info.NumRedelivered)
 	}
 	stop()
-	results := r.byMsgID(streams.Results)
-	for _, s := range sessions {
-		if m, ok := results[s]; ok {
-			checkResult(t, m, "default", s)
-		} else {
-			t.Errorf("no result for %s after the key works again", s)
-		}
-	}
-	if n := natstest.Count(t, r.js, streams.DLQ); n != 0 {
-		t.Errorf("DLQ holds %d messages, want 0", n)
-	}
+	r.checkAllPublished(sessions, "default")
 }
 
 // publisherFunc adapts a function to enricher.Publisher.
@@ -611,17 +601,7 @@ func TestEnricherAPIOutage(t *testing.T) {
 	r.api.SetFault(nil)
 	r.waitCount(streams.Results, n, 30*time.Second)
 	r.waitSettled("enricher", 10*time.Second)
-	results := r.byMsgID(streams.Results)
-	for _, s := range sessions {
-		if m, ok := results[s]; ok {
-			checkResult(t, m, "default", s)
-		} else {
-			t.Errorf("no result for %s after the outage", s)
-		}
-	}
-	if got := natstest.Count(t, r.js, streams.DLQ); got != 0 {
-		t.Errorf("DLQ holds %d messages after the outage, want 0", got)
-	}
+	r.checkAllPublished(sessions, "default")
 }
 
 // gauge returns the value of the unlabelled gauge name in reg.
@@ -794,15 +774,22 @@ func TestEnricherSurvivesNATSRestart(t *testing.T) {
 	r.ns.Restart()
 	r.waitCount(streams.Results, n, 30*time.Second)
 	r.waitSettled("enricher", 10*time.Second)
+	r.checkAllPublished(sessions, "default")
+}
+
+// checkAllPublished fails the test unless every session has its result,
+// checked by checkResult, and the DLQ is empty.
+func (r *rig) checkAllPublished(sessions []string, source string) {
+	r.t.Helper()
 	results := r.byMsgID(streams.Results)
 	for _, s := range sessions {
 		if m, ok := results[s]; ok {
-			checkResult(t, m, "default", s)
+			checkResult(r.t, m, source, s)
 		} else {
-			t.Errorf("no result for %s", s)
+			r.t.Errorf("no result for %s", s)
 		}
 	}
-	if got := natstest.Count(t, r.js, streams.DLQ); got != 0 {
-		t.Errorf("DLQ holds %d messages, want 0", got)
+	if got := natstest.Count(r.t, r.js, streams.DLQ); got != 0 {
+		r.t.Errorf("DLQ holds %d messages, want 0", got)
 	}
 }
