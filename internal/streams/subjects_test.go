@@ -3,6 +3,8 @@ package streams_test
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -211,4 +213,53 @@ func TestEnsureAndReady(t *testing.T) {
 	})
 	srv.Restart()
 	natstest.WaitFor(t, 20*time.Second, ready)
+}
+
+// TestValidatorsMatchTheirExpressions holds each byte-loop validator to the
+// regular expression of the contract, over edge cases and random strings.
+func TestValidatorsMatchTheirExpressions(t *testing.T) {
+	tests := []struct {
+		name string
+		f    func(string) bool
+		re   *regexp.Regexp
+	}{
+		{"ValidSource", streams.ValidSource, regexp.MustCompile(`^[a-z0-9_-]{1,64}$`)},
+		{"ValidEvent", streams.ValidEvent, regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_-]{0,63}$`)},
+		{"ValidSessionID", streams.ValidSessionID, regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)},
+		{"ValidPrefix", streams.ValidPrefix, regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)},
+	}
+	inputs := []string{"", "a", "A", "0", "_", "-", "a.b", "a b", "a*", ">", "é", "\x00", "\x7f",
+		strings.Repeat("a", 64), strings.Repeat("a", 65), "Aa0_-", "@", "[", "`", "{", "/", ":", "G", "g",
+		"3f2a9c1e-5b7d-4e21-9c3a-0000b1c2d3e4", "3F2A9C1E-5B7D-4E21-9C3A-0000B1C2D3E4",
+		"3f2a9c1e-5b7d-4e21-9c3a-0000b1c2d3eg", "3f2a9c1e5b7d-4e21-9c3a-0000b1c2d3e4-", "{3f2a9c1e-5b7d-4e21-9c3a-0000b1c2d3e4}",
+		"3f2a9c1e-5b7d-4e21-9c3a-0000b1c2d3e", "3f2a9c1e-5b7d-4e21-9c3a_0000b1c2d3e4"}
+	rng := rand.New(rand.NewPCG(1, 2))
+	alphabet := "abcfgAFGZz09_-.-* \x00é{}:/@[`"
+	for range 20000 {
+		b := make([]byte, rng.IntN(40))
+		for i := range b {
+			b[i] = alphabet[rng.IntN(len(alphabet))]
+		}
+		if rng.IntN(4) == 0 { // UUID-shaped, now and then with one wrong byte
+			const hex = "0123456789abcdefABCDEF"
+			b = make([]byte, 36)
+			for i := range b {
+				b[i] = hex[rng.IntN(len(hex))]
+			}
+			for _, i := range []int{8, 13, 18, 23} {
+				b[i] = '-'
+			}
+			if rng.IntN(2) == 0 {
+				b[rng.IntN(36)] = alphabet[rng.IntN(len(alphabet))]
+			}
+		}
+		inputs = append(inputs, string(b))
+	}
+	for _, tt := range tests {
+		for _, in := range inputs {
+			if got, want := tt.f(in), tt.re.MatchString(in); got != want {
+				t.Errorf("%s(%q) = %v, want %v (the expression %s)", tt.name, in, got, want, tt.re)
+			}
+		}
+	}
 }
