@@ -149,7 +149,7 @@ func (p *benchNoPublish) PublishMsg(context.Context, *nats.Msg, ...jetstream.Pub
 // TestAcceptedBodyIsEncoderOutput guards the handler's hand-written 202 body
 // (the optimisation BenchmarkIngest's profile led to): without a query it must
 // be byte for byte what echo's JSON encoder writes, which the handler still
-// uses when there is a query (?pretty indents).
+// would write, query or not.
 func TestAcceptedBodyIsEncoderOutput(t *testing.T) {
 	const key = "bench-ingest-key"
 	js, subjects := benchJetStream(t)
