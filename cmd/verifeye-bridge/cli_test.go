@@ -584,3 +584,16 @@ func TestCLIUsage(t *testing.T) {
 		})
 	}
 }
+
+func TestInvokedAs(t *testing.T) {
+	for in, want := range map[string]string{
+		"/tmp/go-build123/b001/exe/verifeye-bridge": "go run ./cmd/verifeye-bridge",
+		"bin/verifeye-bridge":                       "bin/verifeye-bridge",
+		"/usr/local/bin/verifeye-bridge":            "/usr/local/bin/verifeye-bridge",
+		"verifeye-bridge":                           "verifeye-bridge",
+	} {
+		if got := invokedAs(in); got != want {
+			t.Errorf("invokedAs(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -152,7 +153,8 @@ func devBanner(w io.Writer, cfg serviceConfig, addr, key string, generated bool)
 		keyLine = "$VERIFEYE_API_KEY   (yours: the simulator's key and the webhook key; never sent to VerifEye)"
 		keyArg = "$VERIFEYE_API_KEY"
 	}
-	sendCmd := "verifeye-bridge send --url " + base + " --api-key " + keyArg
+	self := invokedAs(os.Args[0])
+	sendCmd := self + " send --url " + base + " --api-key " + keyArg
 	curlAuth := " -H 'X-API-Key: " + keyArg + "'"
 	if !generated {
 		curlAuth = ` -H "X-API-Key: $VERIFEYE_API_KEY"`
@@ -160,16 +162,16 @@ func devBanner(w io.Writer, cfg serviceConfig, addr, key string, generated bool)
 	switch cfg.ingest.WebhookAuth {
 	case "token":
 		keyLine += "\n  webhook auth  WEBHOOK_AUTH=token: send ?token=$WEBHOOK_TOKEN or Authorization: Bearer $WEBHOOK_TOKEN"
-		sendCmd = "verifeye-bridge send --url " + base + ` --token "$WEBHOOK_TOKEN"`
+		sendCmd = self + " send --url " + base + ` --token "$WEBHOOK_TOKEN"`
 		curlAuth = ` -H "Authorization: Bearer $WEBHOOK_TOKEN"`
 	case "none":
 		keyLine += "\n  webhook auth  WEBHOOK_AUTH=none: webhooks need no credentials"
-		sendCmd = "verifeye-bridge send --url " + base
+		sendCmd = self + " send --url " + base
 		curlAuth = ""
 	}
-	watchCmd := "verifeye-bridge watch"
+	watchCmd := self + " watch"
 	if natsURL != defaultToolNATSURL && strings.HasPrefix(natsURL, "nats://") {
-		watchCmd = "NATS_URL=" + natsURL + " verifeye-bridge watch"
+		watchCmd = "NATS_URL=" + natsURL + " " + self + " watch"
 	}
 	sample := newSessionID()
 	sample = sample[:24] + "0000" + sample[28:] // last group 0000…: passes
@@ -189,9 +191,23 @@ func devBanner(w io.Writer, cfg serviceConfig, addr, key string, generated bool)
 	fmt.Fprintf(&b, "Pick the outcome with the last group of the session ID (send --session <id>):\n")
 	fmt.Fprintf(&b, "  …-0000…     passed                 …-fa11ed…   failed (liveness)\n")
 	fmt.Fprintf(&b, "  …-7e57…     passed, one verifier not_executed\n")
-	fmt.Fprintf(&b, "  …-404404…   never found: retried, then dead-lettered (verifeye-bridge dlq list)\n")
+	fmt.Fprintf(&b, "  …-404404…   never found: retried, then dead-lettered (%s dlq list)\n", self)
 	fmt.Fprintf(&b, "  …-500500…   API error 500: retried with backoff, then dead-lettered\n")
 	fmt.Fprintf(&b, "  any other   passed or failed, decided by a hash of the ID\n")
 	fmt.Fprintf(&b, "Stop with Ctrl-C.\n")
 	_, _ = io.WriteString(w, b.String())
+}
+
+// invokedAs returns how to run this program again from another terminal, for
+// the commands dev prints: "go run ./cmd/verifeye-bridge" under `go run` (whose
+// binary lives in a temporary build directory), the path it was started by
+// (bin/verifeye-bridge), or its name when it was found on PATH.
+func invokedAs(arg0 string) string {
+	switch {
+	case strings.Contains(arg0, "go-build"):
+		return "go run ./cmd/verifeye-bridge"
+	case strings.ContainsRune(arg0, filepath.Separator):
+		return arg0
+	}
+	return "verifeye-bridge"
 }
