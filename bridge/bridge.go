@@ -114,9 +114,13 @@ type apiError struct {
 	status  int
 	code    string
 	message string
+	cause   error // for the log line, never for the answer
 }
 
 func (e *apiError) Error() string { return e.code + ": " + e.message }
+
+// Unwrap returns the cause, so the log line says why (stream full, timeout, …).
+func (e *apiError) Unwrap() error { return e.cause }
 
 func (h *handler) webhook(c echo.Context) error {
 	start := time.Now()
@@ -145,7 +149,7 @@ func (h *handler) webhook(c echo.Context) error {
 
 	ev := h.log.Info()
 	if status >= 500 {
-		ev = h.log.Error().Err(err)
+		ev = h.log.Error().AnErr("cause", errors.Unwrap(err))
 	} else if err != nil {
 		ev = h.log.Warn().Str("reason", ae.message)
 	}
@@ -189,13 +193,13 @@ func appendAccepted(b []byte, sessionID string, duplicate bool) []byte {
 // the event. w is filled as far as the request could be read.
 func (h *handler) ingest(ctx context.Context, r *http.Request, source string, w *Webhook) (duplicate bool, err error) {
 	if !streams.ValidSource(source) {
-		return false, &apiError{http.StatusBadRequest, "invalid_source", "source must match [a-z0-9_-]{1,64}"}
+		return false, &apiError{http.StatusBadRequest, "invalid_source", "source must match [a-z0-9_-]{1,64}", nil}
 	}
 	if !h.opts.Auth.check(r) {
-		return false, &apiError{http.StatusUnauthorized, "unauthorized", "missing or invalid credentials"}
+		return false, &apiError{http.StatusUnauthorized, "unauthorized", "missing or invalid credentials", nil}
 	}
 	if ct := r.Header.Get("Content-Type"); ct != "" && !isJSON(ct) {
-		return false, &apiError{http.StatusUnsupportedMediaType, "unsupported_media_type", "Content-Type must be application/json"}
+		return false, &apiError{http.StatusUnsupportedMediaType, "unsupported_media_type", "Content-Type must be application/json", nil}
 	}
 	if r.ContentLength > streams.MaxWebhookBytes {
 		return false, tooLarge()
@@ -206,13 +210,13 @@ func (h *handler) ingest(ctx context.Context, r *http.Request, source string, w 
 		if errors.As(err, &mbe) {
 			return false, tooLarge()
 		}
-		return false, &apiError{http.StatusBadRequest, "invalid_body", "could not read the request body"}
+		return false, &apiError{http.StatusBadRequest, "invalid_body", "could not read the request body", nil}
 	}
 	*w, err = ParseWebhook(body)
 	if err != nil {
 		var ve *ValidationError
 		errors.As(err, &ve)
-		return false, &apiError{http.StatusBadRequest, ve.Code, ve.Message}
+		return false, &apiError{http.StatusBadRequest, ve.Code, ve.Message, nil}
 	}
 
 	msg := nats.NewMsg(h.opts.Subjects.Webhook(source, w.Event))
@@ -226,14 +230,14 @@ func (h *handler) ingest(ctx context.Context, r *http.Request, source string, w 
 	if err != nil {
 		// Never a 2xx and never a 429: VerifEye retries once, and a 503 keeps
 		// that retry useful.
-		return false, &apiError{http.StatusServiceUnavailable, "unavailable", "the event could not be stored durably; retry later"}
+		return false, &apiError{http.StatusServiceUnavailable, "unavailable", "the event could not be stored durably; retry later", err}
 	}
 	h.metrics.publish.Observe(time.Since(start).Seconds())
 	return ack.Duplicate, nil
 }
 
 func tooLarge() error {
-	return &apiError{http.StatusRequestEntityTooLarge, "payload_too_large", "request body exceeds 64 KiB"}
+	return &apiError{http.StatusRequestEntityTooLarge, "payload_too_large", "request body exceeds 64 KiB", nil}
 }
 
 func isJSON(contentType string) bool {
@@ -269,7 +273,7 @@ func (h *handler) httpError(err error, c echo.Context) {
 	}
 	var ae *apiError
 	if !errors.As(err, &ae) {
-		ae = &apiError{http.StatusInternalServerError, "internal", "internal error"}
+		ae = &apiError{http.StatusInternalServerError, "internal", "internal error", nil}
 		var he *echo.HTTPError
 		if errors.As(err, &he) {
 			ae.status = he.Code

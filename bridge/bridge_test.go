@@ -97,6 +97,7 @@ type rigOptions struct {
 	auth           bridge.Auth
 	publishTimeout time.Duration
 	connOpts       []nats.Option
+	limits         *streams.Limits // nil: streams.DefaultLimits()
 }
 
 func newRig(t *testing.T, o rigOptions) *rig {
@@ -117,7 +118,11 @@ func newRig(t *testing.T, o rigOptions) *rig {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := streams.Ensure(ctx, js, subjects, streams.DefaultLimits()); err != nil {
+	limits := streams.DefaultLimits()
+	if o.limits != nil {
+		limits = *o.limits
+	}
+	if err := streams.Ensure(ctx, js, subjects, limits); err != nil {
 		t.Fatalf("streams.Ensure: %v", err)
 	}
 	h := bridge.New(js, testLogger(t), bridge.Options{
