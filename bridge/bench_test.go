@@ -78,17 +78,7 @@ func BenchmarkIngest(b *testing.B) {
 		b.ResetTimer()
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
-				body := benchBody(loadgen.SessionID(run, seq.Add(1)))
-				req, err := http.NewRequest(http.MethodPost, "/webhooks/verifeye", bytes.NewReader(body))
-				if err != nil {
-					b.Errorf("NewRequest: %v", err)
-					return
-				}
-				req.RemoteAddr = "127.0.0.1:40000"
-				req.Header.Set("Content-Type", "application/json")
-				req.Header.Set("X-API-Key", key)
-				rec := httptest.NewRecorder()
-				h.ServeHTTP(rec, req)
+				rec := benchPost(h, key, loadgen.SessionID(run, seq.Add(1)))
 				if rec.Code != http.StatusAccepted || bytes.Contains(rec.Body.Bytes(), []byte(`"duplicate"`)) {
 					b.Errorf("POST /webhooks/verifeye = %d %s, want 202 without duplicate", rec.Code, rec.Body)
 					return
@@ -120,17 +110,7 @@ func BenchmarkHandler(b *testing.B) {
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			body := benchBody(loadgen.SessionID(run, seq.Add(1)))
-			req, err := http.NewRequest(http.MethodPost, "/webhooks/verifeye", bytes.NewReader(body))
-			if err != nil {
-				b.Errorf("NewRequest: %v", err)
-				return
-			}
-			req.RemoteAddr = "127.0.0.1:40000"
-			req.Header.Set("Content-Type", "application/json")
-			req.Header.Set("X-API-Key", key)
-			rec := httptest.NewRecorder()
-			h.ServeHTTP(rec, req)
+			rec := benchPost(h, key, loadgen.SessionID(run, seq.Add(1)))
 			if rec.Code != http.StatusAccepted {
 				b.Errorf("POST /webhooks/verifeye = %d %s, want 202", rec.Code, rec.Body)
 				return
@@ -220,4 +200,15 @@ func benchCheckStored(b *testing.B, js jetstream.JetStream, n int) {
 	if got := natstest.Count(b, js, streams.Webhooks); got != n {
 		b.Errorf("%s holds %d messages after %d operations, want one each", streams.Webhooks, got, n)
 	}
+}
+
+// benchPost posts the webhook of sessionID to h, as a loopback client would.
+func benchPost(h http.Handler, key, sessionID string) *httptest.ResponseRecorder {
+	req := httptest.NewRequest(http.MethodPost, "/webhooks/verifeye", bytes.NewReader(benchBody(sessionID)))
+	req.RemoteAddr = "127.0.0.1:40000"
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-API-Key", key)
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec
 }
