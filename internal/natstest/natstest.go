@@ -103,18 +103,35 @@ func (s *Server) Restart() {
 // the test ends.
 func (s *Server) Connect(opts ...nats.Option) *nats.Conn {
 	s.t.Helper()
+	return Connect(s.t, s.URL(), opts...)
+}
+
+// Connect connects to the server at url (for example a bridge's embedded one)
+// and reconnects forever; the connection is closed when t ends.
+func Connect(t testing.TB, url string, opts ...nats.Option) *nats.Conn {
+	t.Helper()
 	opts = append([]nats.Option{
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(50 * time.Millisecond),
 		nats.RetryOnFailedConnect(true),
 		nats.ReconnectBufSize(-1),
 	}, opts...)
-	nc, err := nats.Connect(s.URL(), opts...)
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
-		s.t.Fatalf("natstest: connect: %v", err)
+		t.Fatalf("natstest: connect: %v", err)
 	}
-	s.t.Cleanup(nc.Close)
+	t.Cleanup(nc.Close)
 	return nc
+}
+
+// JetStreamAt returns a JetStream context on a new connection to url.
+func JetStreamAt(t testing.TB, url string) jetstream.JetStream {
+	t.Helper()
+	js, err := jetstream.New(Connect(t, url))
+	if err != nil {
+		t.Fatalf("natstest: jetstream: %v", err)
+	}
+	return js
 }
 
 // JetStream returns a JetStream context on a new connection.
