@@ -103,12 +103,13 @@ type Enricher struct {
 	lim  *rate.Limiter
 	m    *metrics
 
-	running atomic.Bool
-	mu      sync.Mutex
-	paused  bool
-	pauseCh chan struct{} // closed when a pause ends
-	lastLog time.Time
-	pauseBy string
+	running       atomic.Bool
+	lastFetchWarn atomic.Int64 // unix nanoseconds of the last "fetch failed" line
+	mu            sync.Mutex
+	paused        bool
+	pauseCh       chan struct{} // closed when a pause ends
+	lastLog       time.Time
+	pauseBy       string
 }
 
 // New returns an enricher reading from and publishing to js. Outcomes and DLQ
@@ -215,7 +216,11 @@ func (e *Enricher) worker(ctx context.Context, cons jetstream.Consumer) {
 		cancel()
 		if err != nil {
 			if ctx.Err() == nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
-				e.log.Warn().Err(err).Msg("fetch failed")
+				// Every worker fails alike while NATS is away: one line per 10 s.
+				if now := time.Now().UnixNano(); now-e.lastFetchWarn.Load() >= int64(10*time.Second) {
+					e.lastFetchWarn.Store(now)
+					e.log.Warn().Err(err).Msg("fetch failed; retrying every second")
+				}
 				if consumerGone(err) {
 					e.recreateConsumer(ctx)
 				}
