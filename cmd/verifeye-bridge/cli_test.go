@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -253,21 +252,7 @@ func startPipeline(t *testing.T) *cliPipeline {
 	e.Concurrency, e.RateLimit, e.MaxAttempts, e.AckWait = 4, 0, 3, time.Second
 	e.BackoffBase, e.BackoffMax, e.NotFoundDelay, e.NotFoundAttempts = 10*time.Millisecond, 50*time.Millisecond, 10*time.Millisecond, 2
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.url = "http://" + ln.Addr().String()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-	go func() { done <- serve(ctx, cfg, ln, log) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
+	p.url = startServe(t, cfg, false, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel))
 	natstest.WaitFor(t, 10*time.Second, func() error {
 		for _, s := range []string{streams.Webhooks, streams.Results, streams.DLQ} {
 			if _, err := p.js.Stream(context.Background(), s); err != nil {

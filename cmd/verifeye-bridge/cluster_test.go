@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"regexp"
@@ -127,50 +126,8 @@ func clusterJetStream(t *testing.T, nodes []*clusterNode) jetstream.JetStream {
 // once /readyz answers 200. serve must then return nil.
 func clusterServe(t *testing.T, cfg serviceConfig) string {
 	t.Helper()
-	if err := cfg.load(); err != nil {
-		t.Fatalf("%s: load() error = %v", cfg.name, err)
-	}
-	ready := make(chan string, 1)
-	cfg.onReady = func(addr string) { ready <- addr }
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel).With().Str("replica", cfg.name+"@"+ln.Addr().String()).Logger()
-	go func() { done <- serve(ctx, cfg, ln, log) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("%s: serve() = %v, want nil after a clean shutdown", cfg.name, err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Errorf("%s: serve() did not return within 30 s of cancel", cfg.name)
-		}
-	})
-	var base string
-	select {
-	case addr := <-ready:
-		base = "http://" + addr
-	case err := <-done:
-		t.Fatalf("%s: serve() returned early: %v", cfg.name, err)
-	case <-time.After(30 * time.Second):
-		t.Fatalf("%s: serve() not started within 30 s", cfg.name)
-	}
-	natstest.WaitFor(t, 60*time.Second, func() error {
-		code, body, err := clusterGet(base + "/readyz")
-		if err != nil {
-			return err
-		}
-		if code != http.StatusOK {
-			return fmt.Errorf("%s: GET /readyz = %d %s", cfg.name, code, body)
-		}
-		return nil
-	})
-	return base
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel).With().Str("replica", cfg.name).Logger()
+	return startServe(t, cfg, true, log)
 }
 
 func clusterGet(url string) (int, string, error) {

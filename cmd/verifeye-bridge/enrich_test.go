@@ -5,8 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -53,52 +51,7 @@ func enrichServe(t *testing.T, ns *natstest.Server, api *verifeyetest.Server) st
 		t.Fatalf("verifeye.New() error = %v", err)
 	}
 	cfg := serviceConfig{name: "serve", embedded: &embeddedConfig{}, ingest: &ingestConfig{}, api: &apiConfig{}, enrich: &enrichConfig{}, client: client}
-	if err := cfg.load(); err != nil {
-		t.Fatalf("load() error = %v", err)
-	}
-	ready := make(chan string, 1)
-	cfg.onReady = func(addr string) { ready <- addr }
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-	go func() { done <- serve(ctx, cfg, ln, log) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("serve() = %v, want nil after a clean shutdown", err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Errorf("serve() did not return within 20 s of cancel")
-		}
-	})
-	var base string
-	select {
-	case addr := <-ready:
-		base = "http://" + addr
-	case err := <-done:
-		t.Fatalf("serve() returned early: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("serve() not ready within 10 s")
-	}
-	natstest.WaitFor(t, 10*time.Second, func() error {
-		resp, err := http.Get(base + "/readyz")
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			b, _ := io.ReadAll(resp.Body)
-			return fmt.Errorf("GET /readyz = %d %s", resp.StatusCode, b)
-		}
-		return nil
-	})
-	return base
+	return startServe(t, cfg, true, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel))
 }
 
 // enrichPost posts a webhook as VerifEye does and checks the 202.

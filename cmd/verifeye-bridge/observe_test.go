@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -118,27 +117,13 @@ func obsStart(t *testing.T, o obsOptions) *obsService {
 	e.BackoffBase, e.BackoffMax, e.NotFoundDelay, e.NotFoundAttempts = 10*time.Millisecond, 50*time.Millisecond, 10*time.Millisecond, 1
 	e.AuthRetry = 100 * time.Millisecond
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.url = "http://" + ln.Addr().String()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- serve(ctx, cfg, ln, zerolog.New(s.logs)) }()
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
 		if t.Failed() {
 			t.Logf("service log:\n%s", s.logs)
 		}
 	})
+	s.url = startServe(t, cfg, false, zerolog.New(s.logs))
 	natstest.WaitFor(t, 15*time.Second, func() error {
-		if code, body := s.get(t, "/readyz"); code != http.StatusOK {
-			return fmt.Errorf("GET /readyz: %d %s", code, body)
-		}
 		for _, name := range []string{streams.Webhooks, streams.Results, streams.DLQ} {
 			if _, err := s.js.Stream(context.Background(), name); err != nil {
 				return fmt.Errorf("stream %s: %w", name, err)
