@@ -51,28 +51,14 @@ func TestServeSurvivesKill(t *testing.T) {
 		accepted []string
 		wg       sync.WaitGroup
 	)
-	client := &http.Client{Timeout: 10 * time.Second}
-	for range 4 {
-		wg.Go(func() {
-			for {
-				select {
-				case <-p.done:
-					return
-				default:
-				}
-				session := ingestSessionID(t)
-				status, _, err := ingestPost(client, p.base, "/webhooks/verifeye", session, key)
-				if err != nil {
-					return // killed
-				}
-				if status == http.StatusAccepted {
-					mu.Lock()
-					accepted = append(accepted, session)
-					mu.Unlock()
-				}
-			}
-		})
-	}
+	p.load(t, &wg, key, func(session string, status int, err error) bool {
+		if status == http.StatusAccepted {
+			mu.Lock()
+			accepted = append(accepted, session)
+			mu.Unlock()
+		}
+		return err != nil // killed
+	})
 	js := natstest.JetStreamAt(t, "nats://"+natsAddr)
 	natstest.WaitFor(t, 30*time.Second, func() error {
 		mu.Lock()

@@ -166,6 +166,28 @@ func (p *ingestProc) wait(t *testing.T) int {
 	}
 }
 
+// load posts new webhooks from 4 clients until the process exits or report,
+// told each answer, returns true; wg tracks the clients.
+func (p *ingestProc) load(t *testing.T, wg *sync.WaitGroup, header map[string]string, report func(session string, status int, err error) (stop bool)) {
+	client := &http.Client{Timeout: 30 * time.Second}
+	for range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-p.done:
+					return
+				default:
+				}
+				session := ingestSessionID(t)
+				status, _, err := ingestPost(client, p.base, "/webhooks/verifeye", session, header)
+				if report(session, status, err) {
+					return
+				}
+			}
+		})
+	}
+}
+
 // ingestPost posts the webhook of session and returns the status.
 func ingestPost(client *http.Client, base, path, session string, header map[string]string) (int, []byte, error) {
 	body := `{"event":"VerificationCompleted","verificationSessionId":"` + session + `"}`
@@ -249,27 +271,13 @@ func TestServeSIGTERMLosesNoAcceptedWebhook(t *testing.T) {
 		defer mu.Unlock()
 		outcomes = append(outcomes, o)
 	}
-	client := &http.Client{Timeout: 30 * time.Second}
-	for range 4 {
-		wg.Go(func() {
-			for {
-				select {
-				case <-p.done:
-					return
-				default:
-				}
-				session := ingestSessionID(t)
-				status, _, err := ingestPost(client, p.base, "/webhooks/verifeye", session, key)
-				if status == http.StatusAccepted {
-					accepted.Add(1)
-				}
-				record(outcome{session, status, err})
-				if err != nil && termed.Load() {
-					return // the listener is closed: stop hammering it
-				}
-			}
-		})
-	}
+	p.load(t, &wg, key, func(session string, status int, err error) bool {
+		if status == http.StatusAccepted {
+			accepted.Add(1)
+		}
+		record(outcome{session, status, err})
+		return err != nil && termed.Load() // the listener is closed: stop hammering it
+	})
 	natstest.WaitFor(t, 30*time.Second, func() error {
 		if n := accepted.Load(); n < 50 {
 			return fmt.Errorf("%d webhooks accepted, want 50 before SIGTERM", n)
