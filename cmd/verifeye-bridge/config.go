@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -247,14 +246,4 @@ func printEnv(w io.Writer, specs ...any) {
 		_ = envconfig.Usagef("", s, tw, usageFormat)
 	}
 	tw.Flush()
-}
-
-// redact replaces every non-empty secret in s.
-func redact(s string, secrets ...string) string {
-	for _, v := range secrets {
-		if v != "" {
-			s = strings.ReplaceAll(s, v, "[redacted]")
-		}
-	}
-	return s
 }

@@ -225,11 +225,3 @@ func (p *progress) rate(n int) string {
 	}
 	return fmt.Sprintf("%.1f/s", float64(n)/d.Seconds())
 }
-
-// headerTime parses an RFC 3339 header value, or returns def.
-func headerTime(h nats.Header, key string, def time.Time) time.Time {
-	if t, err := time.Parse(time.RFC3339Nano, h.Get(key)); err == nil {
-		return t
-	}
-	return def
-}
