@@ -354,10 +354,7 @@ func exportedNames(fams map[string]*dto.MetricFamily) map[string]bool {
 // verifeye_bridge_ or nats identifier, and every identifier before a { selector.
 func notExported(expr string, exported map[string]bool) []string {
 	stripped := regexp.MustCompile(`"(?:[^"\\]|\\.)*"`).ReplaceAllString(expr, `""`)
-	var names []string
-	for _, m := range regexp.MustCompile(`\b(?:verifeye_bridge_\w+|nats\w*|up)\b`).FindAllString(stripped, -1) {
-		names = append(names, m)
-	}
+	names := regexp.MustCompile(`\b(?:verifeye_bridge_\w+|nats\w*|up)\b`).FindAllString(stripped, -1)
 	for _, m := range regexp.MustCompile(`([A-Za-z_:][A-Za-z0-9_:]*)\s*\{`).FindAllStringSubmatch(stripped, -1) {
 		names = append(names, m[1])
 	}
