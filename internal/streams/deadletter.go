@@ -1,75 +1,14 @@
 package streams
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
 	"strings"
-	"time"
 	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 )
-
-// CopyWebhookHeaders copies to dst the headers a webhook message carries from
-// the ingest to the enricher, and that every copy of it keeps (the DLQ entry,
-// its redrive, a replay): HeaderReceivedAt, HeaderReplay, HeaderTraceparent and
-// HeaderTracestate. Absent or empty headers are not copied; nothing else is.
-func CopyWebhookHeaders(dst, src nats.Header) {
-	for _, k := range [...]string{HeaderReceivedAt, HeaderReplay, HeaderTraceparent, HeaderTracestate} {
-		if v := src.Get(k); v != "" {
-			dst.Set(k, v)
-		}
-	}
-}
-
-// CheckWebhookHeaders checks the headers CopyWebhookHeaders carries, as read
-// back from a stream: HeaderReceivedAt an RFC 3339 time, HeaderReplay a stream
-// sequence (ParseSeq), HeaderTraceparent a W3C traceparent and
-// HeaderTracestate printable ASCII. Absent headers are fine. The error names
-// the first header at fault.
-func CheckWebhookHeaders(h nats.Header) error {
-	if v := h.Get(HeaderReceivedAt); v != "" {
-		if _, err := time.Parse(time.RFC3339Nano, v); err != nil {
-			return fmt.Errorf("%s %s: not an RFC 3339 time", HeaderReceivedAt, quote(v))
-		}
-	}
-	if v := h.Get(HeaderReplay); v != "" {
-		if _, ok := ParseSeq(v); !ok {
-			return fmt.Errorf("%s %s: not a stream sequence", HeaderReplay, quote(v))
-		}
-	}
-	if v := h.Get(HeaderTraceparent); v != "" && !validTraceparent(v) {
-		return fmt.Errorf("%s %s: not a W3C traceparent", HeaderTraceparent, quote(v))
-	}
-	if v := h.Get(HeaderTracestate); v != "" && !all(v, func(c byte) bool { return c >= 0x20 && c < 0x7f }) {
-		return fmt.Errorf("%s %s: not printable ASCII", HeaderTracestate, quote(v))
-	}
-	return nil
-}
-
-// validTraceparent reports whether v is a traceparent of the form the bridge
-// writes (version 00): ^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$, the
-// version not ff.
-func validTraceparent(v string) bool {
-	if len(v) != 55 || v[:2] == "ff" {
-		return false
-	}
-	for i := 0; i < len(v); i++ {
-		switch c := v[i]; i {
-		case 2, 35, 52:
-			if c != '-' {
-				return false
-			}
-		default:
-			if !digit(c) && (c < 'a' || c > 'f') {
-				return false
-			}
-		}
-	}
-	return true
-}
 
 // UnknownToken stands in a DLQ subject for a source or event that is not a
 // valid token, so that the entry still has a subject of the contract.
@@ -215,19 +154,6 @@ func DecodeDeadLetter(s Subjects, subject string, h nats.Header, data []byte) (*
 	return d, nil
 }
 
-// webhookSession returns the session ID of the webhook body data when it is a
-// webhook of the contract for event, else "".
-func webhookSession(data []byte, event string) string {
-	var wh struct {
-		Event     string `json:"event"`
-		SessionID string `json:"verificationSessionId"`
-	}
-	if json.Unmarshal(data, &wh) != nil || wh.Event != event || !ValidSessionID(wh.SessionID) {
-		return ""
-	}
-	return wh.SessionID
-}
-
 // validReason reports whether s may be a DLQ reason: ^[a-z][a-z0-9_]{0,63}$.
 func validReason(s string) bool {
 	return len(s) >= 1 && len(s) <= 64 && lower(s[0]) && all(s, func(c byte) bool { return lower(c) || digit(c) || c == '_' })
@@ -258,13 +184,4 @@ func oneLine(s string, n int) string {
 		n--
 	}
 	return s[:n]
-}
-
-// quote renders a value read from a stream for an error message: Go-quoted
-// (control characters escaped) and cut to 80 bytes.
-func quote(v string) string {
-	if len(v) > 80 {
-		return strconv.Quote(v[:80]) + "…"
-	}
-	return strconv.Quote(v)
 }
