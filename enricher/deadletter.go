@@ -60,9 +60,10 @@ func (e *Enricher) deadLetterSeq(ctx context.Context, adv maxDeliveriesAdvisory)
 		return
 	}
 	_, source, event, _ := e.opts.Subjects.Parse(raw.Subject)
-	dlq := deadLetterMsg(e.opts.Subjects, raw.Subject, source, event, raw.Header, raw.Data, raw.Sequence,
-		ReasonMaxDeliveries, "delivered the maximum number of times without a decision", 0, adv.Deliveries)
-	if _, err := e.pub.PublishMsg(ctx, dlq, jetstream.WithMsgID(dlqMsgID(raw.Sequence)), jetstream.WithExpectStream(streams.DLQ)); err != nil {
+	dl := streams.DeadLetter{Source: source, Event: event, Reason: ReasonMaxDeliveries,
+		Detail: "delivered the maximum number of times without a decision", Attempts: adv.Deliveries,
+		OrigSubject: raw.Subject, OrigSeq: raw.Sequence, Header: raw.Header, Data: raw.Data}
+	if _, err := e.pub.PublishMsg(ctx, dl.Msg(e.opts.Subjects), jetstream.WithExpectStream(streams.DLQ)); err != nil {
 		e.log.Error().Err(err).Uint64("seq", adv.StreamSeq).Msg("max deliveries: cannot publish to the DLQ")
 		return
 	}

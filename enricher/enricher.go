@@ -395,7 +395,7 @@ func (e *Enricher) publish(ctx context.Context, msg jetstream.Msg, meta *jetstre
 	if t, err := time.Parse(time.RFC3339Nano, msg.Headers().Get(streams.HeaderReceivedAt)); err == nil {
 		received = t
 	}
-	outcome := res.Outcome()
+	outcome := streams.Outcome(res.VerificationResult)
 	// A replayed webhook (verifeye-bridge replay) yields a new, distinguishable
 	// outcome: its ID is not the session ID, so de-duplication keeps it.
 	id := streams.ReplayOutcomeID(session, msg.Headers().Get(streams.HeaderReplay))
@@ -435,11 +435,12 @@ func (e *Enricher) publish(ctx context.Context, msg jetstream.Msg, meta *jetstre
 }
 
 // deadLetter copies the webhook to the DLQ with the reason and acks it. The
-// DLQ message ID is derived from the webhook's stream sequence, so a repeat
-// (redelivery, advisory) adds nothing.
+// DLQ message ID is derived from the webhook's stream sequence
+// (streams.DeadLetterMsgID), so a repeat (redelivery, advisory) adds nothing.
 func (e *Enricher) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, source, event, session string, d Decision, attempt int, detail string) {
-	dlq := deadLetterMsg(e.opts.Subjects, msg.Subject(), source, event, msg.Headers(), msg.Data(), meta.Sequence.Stream, d.Reason, detail, d.Status, attempt)
-	if _, err := e.pub.PublishMsg(ctx, dlq, jetstream.WithMsgID(dlqMsgID(meta.Sequence.Stream)), jetstream.WithExpectStream(streams.DLQ)); err != nil {
+	dl := streams.DeadLetter{Source: source, Event: event, Reason: d.Reason, Detail: detail, LastStatus: d.Status, Attempts: attempt,
+		OrigSubject: msg.Subject(), OrigSeq: meta.Sequence.Stream, Header: msg.Headers(), Data: msg.Data()}
+	if _, err := e.pub.PublishMsg(ctx, dl.Msg(e.opts.Subjects), jetstream.WithExpectStream(streams.DLQ)); err != nil {
 		e.log.Error().Err(err).Str("session_id", session).Str("trace_id", tracing.TraceID(ctx)).Msg("cannot publish to the DLQ; will retry")
 		_ = msg.NakWithDelay(e.opts.Policy.Backoff(attempt, rand.Float64()))
 		return
@@ -450,40 +451,6 @@ func (e *Enricher) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jets
 	e.m.enrichments.WithLabelValues("dead_lettered", d.Reason).Inc()
 	e.log.Error().Str("session_id", session).Str("source", source).Str("trace_id", tracing.TraceID(ctx)).Str("decision", "dead_letter").
 		Str("reason", d.Reason).Int("status", d.Status).Int("attempt", attempt).Str("detail", detail).Msg("webhook dead-lettered")
-}
-
-func dlqMsgID(seq uint64) string { return "dlq:" + strconv.FormatUint(seq, 10) }
-
-func deadLetterMsg(s streams.Subjects, subject, source, event string, h nats.Header, data []byte, seq uint64, reason, detail string, status, attempts int) *nats.Msg {
-	if !streams.ValidSource(source) {
-		source = "unknown"
-	}
-	if !streams.ValidEvent(event) {
-		event = "unknown"
-	}
-	m := nats.NewMsg(s.DLQ(source, event))
-	m.Data = data
-	for _, k := range []string{streams.HeaderReceivedAt, streams.HeaderReplay, streams.HeaderTraceparent, streams.HeaderTracestate} {
-		if v := h.Get(k); v != "" {
-			m.Header.Set(k, v)
-		}
-	}
-	m.Header.Set(streams.HeaderError, reason)
-	if detail != "" {
-		m.Header.Set(streams.HeaderErrorDetail, truncate(detail, 512))
-	}
-	m.Header.Set(streams.HeaderLastStatus, strconv.Itoa(status))
-	m.Header.Set(streams.HeaderAttempts, strconv.Itoa(attempts))
-	m.Header.Set(streams.HeaderOrigSubject, subject)
-	m.Header.Set(streams.HeaderOrigSeq, strconv.FormatUint(seq, 10))
-	return m
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n]
 }
 
 // pause stops fetching until resume; it logs loudly once per AuthRetry.

@@ -24,6 +24,7 @@ import (
 
 	"github.com/realeyes/verifeye-bridge/enricher/verifeye/verifeyetest"
 	"github.com/realeyes/verifeye-bridge/internal/natstest"
+	"github.com/realeyes/verifeye-bridge/internal/redrive"
 	"github.com/realeyes/verifeye-bridge/internal/streams"
 )
 
@@ -374,13 +375,13 @@ func TestRedriveTwice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	entries, err := readDLQ(ctx, dlq, subjects, dlqFilter{session: session})
+	entries, err := redrive.DeadLetters(ctx, dlq, subjects, redrive.Filter{SessionID: session})
 	if err != nil || len(entries) != 1 {
-		t.Fatalf("readDLQ: got %d entries, %v; want 1", len(entries), err)
+		t.Fatalf("redrive.DeadLetters: got %d entries, %v; want 1", len(entries), err)
 	}
 	var dups []bool
 	for range 2 {
-		ack, err := redrive(ctx, p.js, dlq, entries[0])
+		ack, err := redrive.Redrive(ctx, p.js, dlq, subjects, entries[0])
 		if err != nil {
 			t.Fatalf("redrive: %v", err)
 		}

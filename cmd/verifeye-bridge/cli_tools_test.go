@@ -95,6 +95,12 @@ func TestOutcomeLine(t *testing.T) {
 			"2026-11-26 10:00:00  default    passed   a  ageVerificationResult=not_executed  (replay a:replay:7)",
 		},
 		{
+			"control sequences in the data and the ID",
+			"verifeye.result.default.failed",
+			"{\"id\":\"a\\u001b[2J\",\"subject\":\"a\",\"data\":{\"livenessResult\":\"\\u001b]0;x\\u0007\"}}",
+			`2026-11-26 10:00:00  default    failed   a  livenessResult=\x1b]0;x\x07  (replay a\x1b[2J)`,
+		},
+		{
 			"data not an object",
 			"verifeye.result.default.unknown",
 			`{"id":"b","subject":"b","data":[1,2]}`,
@@ -112,5 +118,25 @@ func TestRedactURLs(t *testing.T) {
 	got := redactURLs("nats://user:pass@10.0.0.1:4222, nats://127.0.0.1:4223")
 	if want := "nats://10.0.0.1:4222,nats://127.0.0.1:4223"; got != want {
 		t.Errorf("redactURLs: got %q, want %q", got, want)
+	}
+}
+
+func TestTermSafe(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"", ""},
+		{"plain text 123 ~", "plain text 123 ~"},
+		{"café 😀 ü", "café 😀 ü"},
+		{"\x1b[2J\x1b[H", `\x1b[2J\x1b[H`},
+		{"\x1b]0;title\x07", `\x1b]0;title\x07`},
+		{"a\tb\nc\rd\x00e\x7f", `a\x09b\x0ac\x0dd\x00e\x7f`},
+		{"\u009b31m \u0085", `\u009b31m \u0085`},
+		{"\x9b31m", `\x9b31m`}, // a lone 8-bit CSI byte, not UTF-8
+		{"abc\xff", `abc\xff`},
+		{"\u202eevil\u202c \u2066x\u2069 \u200f", `\u202eevil\u202c \u2066x\u2069 \u200f`},
+	}
+	for _, tt := range tests {
+		if got := termSafe(tt.in); got != tt.want {
+			t.Errorf("termSafe(%q) = %q, want %q", tt.in, got, tt.want)
+		}
 	}
 }

@@ -2,18 +2,13 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
+	"github.com/realeyes/verifeye-bridge/internal/redrive"
 	"github.com/realeyes/verifeye-bridge/internal/streams"
 )
 
@@ -31,7 +26,9 @@ func cmdReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			"replayed outcome is a distinct CloudEvent: its id (and Nats-Msg-Id) is\n"+
 			"<sessionId>:replay:<sequence of the original webhook>. Running the same replay\n"+
 			"again within STREAM_DUPLICATE_WINDOW adds nothing (an interrupted run can\n"+
-			"simply be repeated); webhooks that are themselves replays are skipped.",
+			"simply be repeated); webhooks that are themselves replays are skipped.\n"+
+			"Every webhook is validated as strictly as the ingest validates a request; an\n"+
+			"invalid one is reported, not replayed, and the command then exits 1.",
 		"verifeye-bridge replay --since 1h --dry-run", &cfg); err != nil {
 		return err
 	}
@@ -61,114 +58,45 @@ func cmdReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	defer nc.Close()
 
-	occ := jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{subjects.Webhook(orAny(*source), streams.EventCompleted)},
-		DeliverPolicy:  jetstream.DeliverByStartTimePolicy,
-		OptStartTime:   &from,
-	}
-	var (
-		r       = replayer{js: js}
-		seen    = make(map[string]bool)
-		prog    = newProgress(stderr, "replay")
-		skipped = map[string]int{}
-	)
-	errStop := errors.New("end of window")
-	err = scan(ctx, st, occ, func(m jetstream.Msg, meta *jetstream.MsgMetadata) error {
-		if meta.Timestamp.After(to) {
-			return errStop
-		}
-		// Copies made by an earlier replay are not webhooks of the window.
-		if m.Headers().Get(streams.HeaderReplay) != "" {
-			skipped["earlier replays"]++
-			return nil
-		}
-		var wh struct {
-			SessionID string `json:"verificationSessionId"`
-		}
-		if json.Unmarshal(m.Data(), &wh) != nil || !streams.ValidSessionID(wh.SessionID) {
-			skipped["not a webhook with a session ID"]++
-			return nil
-		}
-		// One new outcome per session, even if the window holds the session
-		// twice (a webhook and its DLQ redrive).
-		key := strings.ToLower(wh.SessionID)
-		if seen[key] {
-			skipped["sessions already in this run"]++
-			return nil
-		}
-		seen[key] = true
-		if *dryRun {
-			r.replayed++
-			return nil
-		}
-		if err := r.replay(ctx, m, meta.Sequence.Stream, wh.SessionID); err != nil {
-			return err
-		}
-		prog.tick(r.replayed + r.duplicates)
-		return nil
+	prog := newProgress(stderr, "replay")
+	r, err := redrive.Replay(ctx, js, st, subjects, redrive.Window{
+		From: from, To: to, Source: *source, DryRun: *dryRun,
+		Progress: prog.tick,
 	})
-	if errors.Is(err, errStop) {
-		err = nil
+	for _, rej := range r.Rejected {
+		printLine(stdout, "invalid seq %d: not replayed: %v", rej.Seq, rej.Err)
 	}
 	window := fmt.Sprintf("%s to %s", from.Local().Format(time.RFC3339), to.Local().Format(time.RFC3339))
 	if *dryRun {
-		fmt.Fprintf(stdout, "would replay %d webhooks received %s%s\n", r.replayed, window, skippedNote(skipped))
+		fmt.Fprintf(stdout, "would replay %d webhooks received %s%s\n", r.Replayed, window, skippedNote(r))
 	} else {
-		fmt.Fprintf(stdout, "replayed %d webhooks received %s (%s)", r.replayed, window, prog.rate(r.replayed+r.duplicates))
-		if r.duplicates > 0 {
-			fmt.Fprintf(stdout, "; %d were replayed already within the duplicate window", r.duplicates)
+		fmt.Fprintf(stdout, "replayed %d webhooks received %s (%s)", r.Replayed, window, prog.rate(r.Replayed+r.Duplicates))
+		if r.Duplicates > 0 {
+			fmt.Fprintf(stdout, "; %d were replayed already within the duplicate window", r.Duplicates)
 		}
-		fmt.Fprintf(stdout, "%s\n", skippedNote(skipped))
+		fmt.Fprintf(stdout, "%s\n", skippedNote(r))
 	}
 	if err != nil {
-		return fmt.Errorf("stopped after %d: %w", r.replayed, err)
+		return fmt.Errorf("stopped after %d: %w", r.Replayed, err)
+	}
+	if len(r.Rejected) > 0 {
+		return fmt.Errorf("%d messages of the window are not valid webhooks and were not replayed (see above)", len(r.Rejected))
 	}
 	return nil
 }
 
-func skippedNote(skipped map[string]int) string {
+func skippedNote(r redrive.ReplayResult) string {
 	var parts []string
-	for _, k := range []string{"earlier replays", "sessions already in this run", "not a webhook with a session ID"} {
-		if n := skipped[k]; n > 0 {
-			parts = append(parts, fmt.Sprintf("%d %s", n, k))
+	for _, c := range []struct {
+		n    int
+		what string
+	}{{r.EarlierReplays, "earlier replays"}, {r.Repeats, "sessions already in this run"}, {len(r.Rejected), "invalid webhooks"}} {
+		if c.n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", c.n, c.what))
 		}
 	}
 	if len(parts) == 0 {
 		return ""
 	}
 	return "; skipped " + strings.Join(parts, ", ")
-}
-
-// replayer re-publishes webhooks for re-enrichment and counts the results.
-type replayer struct {
-	js                   jetstream.JetStream
-	replayed, duplicates int
-}
-
-// replay publishes a copy of the webhook m (stream sequence seq) carrying
-// HeaderReplay, so the enricher gives it a new outcome ID. Its message ID is
-// derived from seq: replaying the same webhook twice stores one copy.
-func (r *replayer) replay(ctx context.Context, m jetstream.Msg, seq uint64, sessionID string) error {
-	out := nats.NewMsg(m.Subject())
-	out.Data = m.Data()
-	for _, k := range []string{streams.HeaderReceivedAt, streams.HeaderTraceparent, streams.HeaderTracestate} {
-		if v := m.Headers().Get(k); v != "" {
-			out.Header.Set(k, v)
-		}
-	}
-	out.Header.Set(streams.HeaderReplay, strconv.FormatUint(seq, 10))
-	event := streams.EventCompleted
-	if i := strings.LastIndexByte(m.Subject(), '.'); i >= 0 {
-		event = m.Subject()[i+1:]
-	}
-	ack, err := r.js.PublishMsg(ctx, out, jetstream.WithMsgID(streams.ReplayMsgID(event, sessionID, seq)), jetstream.WithExpectStream(streams.Webhooks))
-	if err != nil {
-		return fmt.Errorf("publish replay of seq %d: %w", seq, err)
-	}
-	if ack.Duplicate {
-		r.duplicates++
-	} else {
-		r.replayed++
-	}
-	return nil
 }

@@ -76,14 +76,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		case err == nil || errors.Is(err, flag.ErrHelp):
 			return exitOK
 		case errors.As(err, new(usageError)):
-			fmt.Fprintf(stderr, "verifeye-bridge %s: %v\n", c.name, err)
+			printLine(stderr, "verifeye-bridge %s: %v", c.name, err)
 			return exitUsage
 		default:
-			fmt.Fprintf(stderr, "verifeye-bridge %s: %v\n", c.name, err)
+			// An error may quote a server or a stream: escaped like all output.
+			printLine(stderr, "verifeye-bridge %s: %v", c.name, err)
 			return exitFailure
 		}
 	}
-	fmt.Fprintf(stderr, "verifeye-bridge: unknown command %q (see verifeye-bridge --help)\n", args[0])
+	printLine(stderr, "verifeye-bridge: unknown command %q (see verifeye-bridge --help)", args[0])
 	return exitUsage
 }
 

@@ -168,7 +168,7 @@ func (s *sender) send(ctx context.Context, sessionID string) error {
 			return fmt.Errorf("no bridge listening at %s (start one with: verifeye-bridge dev)", s.url)
 		}
 		if ctx.Err() == nil {
-			fmt.Fprintf(s.out, "error %s: %v\n", sessionID, errors.Unwrap(err))
+			printLine(s.out, "error %s: %v", sessionID, errors.Unwrap(err))
 		}
 		return nil
 	}
@@ -190,6 +190,7 @@ func (s *sender) send(ctx context.Context, sessionID string) error {
 	default:
 		s.accepted++
 	}
-	fmt.Fprintf(s.out, "%d %s\n", resp.StatusCode, strings.TrimSpace(strings.ReplaceAll(string(answer), "\n", " ")))
+	// The answer is the server's: escaped (a newline in it becomes a space first).
+	printLine(s.out, "%d %s", resp.StatusCode, strings.TrimSpace(strings.ReplaceAll(string(answer), "\n", " ")))
 	return nil
 }

@@ -137,64 +137,6 @@ func parseSince(v string, now time.Time) (time.Time, error) {
 	return time.Time{}, usagef("--since %q: want a duration (1h, 30m) or an RFC 3339 time (2026-11-26T10:00:00Z)", v)
 }
 
-// scan calls fn for every message of st that cfg selects, in order, up to the
-// stream's last sequence when the scan starts: messages published meanwhile
-// (by fn itself, for example) are not visited. It uses an ephemeral ordered
-// consumer, so it disturbs no durable consumer. It returns fn's first error.
-func scan(ctx context.Context, st jetstream.Stream, cfg jetstream.OrderedConsumerConfig, fn func(jetstream.Msg, *jetstream.MsgMetadata) error) error {
-	info, err := st.Info(ctx)
-	if err != nil {
-		return fmt.Errorf("stream info: %w", err)
-	}
-	last := info.State.LastSeq
-	if info.State.Msgs == 0 {
-		return nil
-	}
-	cons, err := st.OrderedConsumer(ctx, cfg)
-	if err != nil {
-		return fmt.Errorf("ordered consumer: %w", err)
-	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(256))
-	if err != nil {
-		return fmt.Errorf("ordered consumer: %w", err)
-	}
-	defer it.Stop()
-	if ci := cons.CachedInfo(); ci != nil && ci.NumPending == 0 {
-		return nil
-	}
-	for {
-		nctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		msg, err := it.Next(jetstream.NextContext(nctx))
-		cancel()
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
-				// Pending messages may have been deleted or aged out meanwhile.
-				if ci, ierr := cons.Info(ctx); ierr == nil && ci.NumPending == 0 {
-					return nil
-				}
-				continue
-			}
-			return fmt.Errorf("read %s: %w", info.Config.Name, err)
-		}
-		meta, err := msg.Metadata()
-		if err != nil {
-			return fmt.Errorf("read %s: %w", info.Config.Name, err)
-		}
-		if meta.Sequence.Stream > last {
-			return nil
-		}
-		if err := fn(msg, meta); err != nil {
-			return err
-		}
-		if meta.Sequence.Stream >= last || meta.NumPending == 0 {
-			return nil
-		}
-	}
-}
-
 // progress reports a long operation's count and rate on w every interval.
 type progress struct {
 	w        io.Writer

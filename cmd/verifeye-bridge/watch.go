@@ -134,7 +134,8 @@ func timeoutHint(ctx context.Context, timeout time.Duration, err error) error {
 
 // outcomeLine renders one outcome for a person: time published, source,
 // outcome, session ID and the result fields of data ("…Result" keys and
-// failedReason), plus a mark on replayed outcomes.
+// failedReason), plus a mark on replayed outcomes. Everything in it comes from
+// the stream, so the line is escaped with termSafe.
 func outcomeLine(s streams.Subjects, subject string, data []byte, meta *jetstream.MsgMetadata) string {
 	_, source, outcome, _ := s.Parse(subject)
 	var ev struct {
@@ -169,5 +170,5 @@ func outcomeLine(s streams.Subjects, subject string, data []byte, meta *jetstrea
 	if ev.ID != "" && ev.ID != ev.Subject {
 		line += "  (replay " + ev.ID + ")"
 	}
-	return line
+	return termSafe(line)
 }

@@ -3,7 +3,7 @@
 //
 // The response's JSON shape is not published by Realeyes, so the client treats the
 // body as opaque bytes to pass on unchanged and reads only verificationResult, and
-// that tolerantly (see [Result.Outcome]). Every non-2xx answer comes back as an
+// that tolerantly (see [Result.VerificationResult]). Every non-2xx answer comes back as an
 // [*APIError] carrying the status and Retry-After, so the enricher's failure policy
 // (DESIGN.md, "Enricher failure policy") can classify it with errors.As; a 2xx whose
 // body is not a JSON object comes back as [ErrInvalidResponse]; anything else is a
@@ -170,32 +170,6 @@ type Result struct {
 
 	// Status is the HTTP status code, normally 200.
 	Status int
-}
-
-// Outcome returns VerificationResult trimmed and lower-cased if that is a plain token
-// (a letter, then up to 31 letters, digits, '_' or '-'), such as "passed", "failed"
-// or "not_executed"; otherwise it returns "unknown". The result is therefore always
-// safe to use in a NATS subject or a metric label.
-func (r *Result) Outcome() string {
-	s := strings.ToLower(strings.TrimSpace(r.VerificationResult))
-	if !isToken(s) {
-		return "unknown"
-	}
-	return s
-}
-
-// isToken reports whether s matches ^[a-z][a-z0-9_-]{0,31}$.
-func isToken(s string) bool {
-	if len(s) == 0 || len(s) > 32 || s[0] < 'a' || s[0] > 'z' {
-		return false
-	}
-	for i := 1; i < len(s); i++ {
-		c := s[i]
-		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
 }
 
 // APIError is a non-2xx answer of the API. Match it with errors.As; the enricher's

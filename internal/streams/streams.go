@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -105,14 +104,21 @@ func digit(c byte) bool     { return c >= '0' && c <= '9' }
 func letter(c byte) bool    { return lower(c | 0x20) }
 func tokenByte(c byte) bool { return letter(c) || digit(c) || c == '_' || c == '-' }
 
-// outcomeRE is not on the ingest's path.
-var outcomeRE = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,31}$`)
+// ValidOutcome reports whether s may be the outcome token of a result subject:
+// ^[a-z][a-z0-9_-]{0,31}$.
+func ValidOutcome(s string) bool {
+	return len(s) >= 1 && len(s) <= 32 && lower(s[0]) &&
+		all(s, func(c byte) bool { return lower(c) || digit(c) || c == '_' || c == '-' })
+}
 
 // Outcome maps a verificationResult value to the subject token of the result
-// stream: the lower-cased value when it is a plain word, else "unknown".
+// stream: the value trimmed and lower-cased when that satisfies ValidOutcome
+// (passed, failed, not_executed, ...), else "unknown". The result is always
+// safe in a NATS subject and as a metric label. It is the one place this rule
+// lives.
 func Outcome(verificationResult string) string {
 	o := strings.ToLower(strings.TrimSpace(verificationResult))
-	if outcomeRE.MatchString(o) {
+	if ValidOutcome(o) {
 		return o
 	}
 	return "unknown"
@@ -164,13 +170,27 @@ func (s Subjects) CompletedFilter() string { return s.prefix + ".webhook.*." + E
 var ErrBadSubject = errors.New("streams: subject is not of the form <prefix>.<kind>.<source>.<name>")
 
 // Parse splits a webhook, result or DLQ subject into its kind ("webhook",
-// "result", "dlq"), source and last token (event or outcome).
+// "result", "dlq"), source and last token (event or outcome). It is as strict
+// as the ingest: the source must satisfy ValidSource and the last token
+// ValidEvent (ValidOutcome for a result), so a subject read back from a stream
+// that no ingest could have written (a wildcard or a stray token in it) is
+// refused with ErrBadSubject.
 func (s Subjects) Parse(subject string) (kind, source, name string, err error) {
 	parts := strings.Split(subject, ".")
-	if len(parts) != 4 || parts[0] != s.prefix {
+	if len(parts) != 4 || parts[0] != s.prefix || !ValidSource(parts[2]) {
 		return "", "", "", fmt.Errorf("%w: %q", ErrBadSubject, subject)
 	}
-	return parts[1], parts[2], parts[3], nil
+	switch kind, source, name = parts[1], parts[2], parts[3]; kind {
+	case "webhook", "dlq":
+		if ValidEvent(name) {
+			return kind, source, name, nil
+		}
+	case "result":
+		if ValidOutcome(name) {
+			return kind, source, name, nil
+		}
+	}
+	return "", "", "", fmt.Errorf("%w: %q", ErrBadSubject, subject)
 }
 
 // WebhookMsgID returns the Nats-Msg-Id of a webhook: <event>:<sessionId>, the
@@ -205,12 +225,24 @@ func ReplayMsgID(event, sessionID string, seq uint64) string {
 
 // ReplayOutcomeID returns the Nats-Msg-Id and CloudEvent id of the outcome of a
 // webhook carrying HeaderReplay: <sessionId>:replay:<replay>, or the session ID
-// itself when replay is empty or not a plain token ([A-Za-z0-9_-]{1,64}).
+// itself when replay is not a stream sequence (ParseSeq): a marker that is not
+// one never makes an outcome escape de-duplication.
 func ReplayOutcomeID(sessionID, replay string) string {
-	if !ValidPrefix(replay) {
+	if _, ok := ParseSeq(replay); !ok {
 		return sessionID
 	}
 	return sessionID + ":replay:" + replay
+}
+
+// ParseSeq reads a stream sequence written by the bridge (HeaderReplay,
+// HeaderOrigSeq): a decimal number from 1 to 2^64-1 with no sign, no leading
+// zero and nothing around it.
+func ParseSeq(v string) (uint64, bool) {
+	if v == "" || v[0] == '0' || !all(v, digit) {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	return n, err == nil
 }
 
 // Limits are the retention settings of the three streams.

@@ -82,7 +82,11 @@ func TestSubjects(t *testing.T) {
 			t.Errorf("Parse(%q) = %q, %q, %q, %v; want %q, %q, %q, nil", tc.subject, kind, source, name, err, tc.kind, tc.source, tc.name)
 		}
 	}
-	for _, bad := range []string{"", "acme-Prod_1.webhook.shop-1", "acme-Prod_1.webhook.shop-1.X.Y", "verifeye.webhook.shop-1.X"} {
+	for _, bad := range []string{"", "acme-Prod_1.webhook.shop-1", "acme-Prod_1.webhook.shop-1.X.Y", "verifeye.webhook.shop-1.X",
+		// Tokens no ingest writes: wildcards, bad sources, events and outcomes, other kinds.
+		"acme-Prod_1.webhook.*.VerificationCompleted", "acme-Prod_1.webhook.>.X", "acme-Prod_1.dlq.Shop.X",
+		"acme-Prod_1.webhook.shop-1.*", "acme-Prod_1.webhook.shop-1.1X", "acme-Prod_1.result.shop-1.Passed",
+		"acme-Prod_1.result.shop-1.*", "acme-Prod_1.other.shop-1.X", "acme-Prod_1.webhook..X"} {
 		if _, _, _, err := s.Parse(bad); !errors.Is(err, streams.ErrBadSubject) {
 			t.Errorf("Parse(%q) error = %v, want ErrBadSubject", bad, err)
 		}
@@ -227,6 +231,7 @@ func TestValidatorsMatchTheirExpressions(t *testing.T) {
 		{"ValidEvent", streams.ValidEvent, regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_-]{0,63}$`)},
 		{"ValidSessionID", streams.ValidSessionID, regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)},
 		{"ValidPrefix", streams.ValidPrefix, regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)},
+		{"ValidOutcome", streams.ValidOutcome, regexp.MustCompile(`^[a-z][a-z0-9_-]{0,31}$`)},
 	}
 	inputs := []string{"", "a", "A", "0", "_", "-", "a.b", "a b", "a*", ">", "é", "\x00", "\x7f",
 		strings.Repeat("a", 64), strings.Repeat("a", 65), "Aa0_-", "@", "[", "`", "{", "/", ":", "G", "g",
