@@ -18,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/realeyes/verifeye-bridge/enricher/verifeye/verifeyetest"
+	"github.com/realeyes/verifeye-bridge/internal/natstest"
 	"github.com/realeyes/verifeye-bridge/internal/streams"
 )
 
@@ -25,17 +26,13 @@ import (
 // dataDir/nats.url, waiting for it for up to 30 s.
 func embeddedURL(t *testing.T, dataDir string) string {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		u, _, err := readNATSURL(dataDir)
-		if err == nil {
-			return u
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no nats.url in %s: %v", dataDir, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	var u string
+	natstest.WaitFor(t, 30*time.Second, func() error {
+		var err error
+		u, _, err = readNATSURL(dataDir)
+		return err
+	})
+	return u
 }
 
 // lockedBuffer is a log sink for a service running in another goroutine.
