@@ -34,11 +34,13 @@ LABEL org.opencontainers.image.title="verifeye-bridge" \
 COPY --from=build /out/verifeye-bridge /usr/local/bin/verifeye-bridge
 COPY --from=build --chown=65532:65532 /out/data /data
 USER 65532:65532
-# DATA_DIR is only used by `serve` with NATS_URL empty (embedded JetStream).
+# DATA_DIR is used by `serve` with NATS_URL empty (embedded JetStream, and the
+# embedded server's login in nats.url, which the terminal tools read).
 ENV DATA_DIR=/data HTTP_ADDR=:8080
 VOLUME /data
 # 8080: webhooks, /healthz, /readyz, /metrics. The embedded NATS server of `serve`
-# listens on loopback only unless NATS_EMBEDDED_ADDR=:4222 is set.
+# listens on loopback only; NATS_EMBEDDED_ADDR=:4222 also needs
+# NATS_EMBEDDED_USER and NATS_EMBEDDED_PASSWORD.
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=5s --start-period=15s --retries=3 \
     CMD ["verifeye-bridge", "healthcheck"]

@@ -271,7 +271,7 @@ func checkNATSConf(t *testing.T, svcs map[string]composeService, natsSvcs []stri
 			t.Fatalf("compose service %s: %s is not mounted", name, cmd[i+1])
 		}
 		for k, v := range s.env {
-			t.Setenv(k, v)
+			t.Setenv(k, composeDefault(v))
 		}
 		opts, err := server.ProcessConfigFile(mounted)
 		if err != nil {

@@ -128,7 +128,8 @@ func TestCLIDevSendWatch(t *testing.T) {
 	t.Parallel()
 	httpAddr, natsAddr := freeAddr(t), freeAddr(t)
 	// VERIFEYE_API_URL points nowhere: dev must ignore it and use its simulator.
-	env := userEnv("HTTP_ADDR="+httpAddr, "NATS_EMBEDDED_ADDR="+natsAddr, "DATA_DIR="+t.TempDir(), "VERIFEYE_API_URL=http://127.0.0.1:1")
+	dataDir := t.TempDir()
+	env := userEnv("HTTP_ADDR="+httpAddr, "NATS_EMBEDDED_ADDR="+natsAddr, "DATA_DIR="+dataDir, "VERIFEYE_API_URL=http://127.0.0.1:1")
 	dev := exec.Command(binary(t), "dev")
 	dev.Env, dev.Dir = env, t.TempDir()
 	var stderr bytes.Buffer
@@ -180,6 +181,8 @@ func TestCLIDevSendWatch(t *testing.T) {
 	for _, want := range []string{
 		"http://" + httpAddr + "/webhooks/verifeye",
 		"nats://" + natsAddr,
+		"NATS login    in " + filepath.Join(dataDir, natsURLFile),
+		"DATA_DIR=" + dataDir + " " + binary(t) + " watch",
 		"verifeye-bridge send --url http://" + httpAddr + " --api-key " + key,
 		"curl -i http://" + httpAddr + "/webhooks/verifeye -H 'Content-Type: application/json' -H 'X-API-Key: " + key + "'",
 		"fa11ed", "404404",
@@ -194,7 +197,12 @@ func TestCLIDevSendWatch(t *testing.T) {
 	if !strings.HasPrefix(sendOut, "202 ") || strings.Count(sendOut, "\n") != 1 {
 		t.Errorf("send: got %q, want one line starting with 202", sendOut)
 	}
-	watchOut := mustRun(t, userEnv("NATS_URL=nats://"+natsAddr), "watch", "--json", "--since", "1m", "--count", "1", "--timeout", "30s")
+	// The embedded server refuses a client without the credentials of
+	// nats.url; watch, as the banner prints it, finds them through DATA_DIR.
+	if r := runBin(t, userEnv("NATS_URL=nats://"+natsAddr), "watch", "--count", "1", "--timeout", "5s"); r.code != 1 || !strings.Contains(r.stderr, "Authorization Violation") {
+		t.Errorf("watch without credentials: exit %d, stderr %q; want 1 and an authorization violation", r.code, r.stderr)
+	}
+	watchOut := mustRun(t, userEnv("DATA_DIR="+dataDir), "watch", "--json", "--since", "1m", "--count", "1", "--timeout", "30s")
 	var ev struct {
 		ID, Subject, Type, VerifeyeOutcome string
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -44,7 +45,9 @@ func (c NATSAuth) validate() error {
 	if (c.NATSTLSCert == "") != (c.NATSTLSKey == "") {
 		return fmt.Errorf("NATS_TLS_CERT and NATS_TLS_KEY: set both or neither")
 	}
-	return nil
+	// Every credential file must be usable now, not at the first connect.
+	_, err := c.options()
+	return err
 }
 
 // commonConfig is read by every subcommand that talks to NATS.
@@ -71,6 +74,8 @@ type embeddedConfig struct {
 	EmbeddedAddr string `envconfig:"NATS_EMBEDDED_ADDR" default:"127.0.0.1:4222" desc:"where the embedded NATS server listens (for watch and local consumers); '-' for nowhere"`
 	DataDir      string `envconfig:"DATA_DIR" default:"./data" desc:"embedded JetStream storage directory"`
 	EmbeddedSync string `envconfig:"NATS_EMBEDDED_SYNC" default:"always" desc:"'always' fsyncs every event before it is acknowledged; a duration (e.g. 1s) syncs on that interval and risks that much on a power cut"`
+	EmbeddedUser string `envconfig:"NATS_EMBEDDED_USER" desc:"user the embedded NATS server requires (with NATS_EMBEDDED_PASSWORD); default: generated at first start and kept in DATA_DIR"`
+	EmbeddedPass secret `envconfig:"NATS_EMBEDDED_PASSWORD" desc:"password of NATS_EMBEDDED_USER"`
 }
 
 // ingestConfig is read by serve, dev and ingest.
@@ -158,8 +163,34 @@ func (c embeddedConfig) validate() error {
 	if c.DataDir == "" {
 		return errors.New("DATA_DIR: must not be empty")
 	}
+	if (c.EmbeddedUser == "") != (c.EmbeddedPass == "") {
+		return errors.New("NATS_EMBEDDED_USER and NATS_EMBEDDED_PASSWORD: set both or neither")
+	}
+	if strings.ContainsAny(c.EmbeddedUser, " \t\r\n") {
+		return errors.New("NATS_EMBEDDED_USER: must not contain white space")
+	}
 	_, err := c.syncInterval()
 	return err
+}
+
+// validateListen refuses an embedded server reachable from other machines
+// without credentials the operator chose: generated ones live only in
+// DATA_DIR, so nobody else could use the listener, and anybody who guessed
+// wrong about its reach would expose the streams. It matters only when the
+// embedded server runs (NATS_URL empty).
+func (c embeddedConfig) validateListen() error {
+	if c.EmbeddedAddr == "-" || c.EmbeddedUser != "" {
+		return nil
+	}
+	host, _, _ := net.SplitHostPort(c.EmbeddedAddr)
+	if ip := net.ParseIP(host); host == "localhost" || (ip != nil && ip.IsLoopback()) {
+		return nil
+	}
+	where := host
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		where = "every interface"
+	}
+	return fmt.Errorf("NATS_EMBEDDED_ADDR: %q listens beyond this machine (%s); use a loopback address such as 127.0.0.1:4222, or set NATS_EMBEDDED_USER and NATS_EMBEDDED_PASSWORD", c.EmbeddedAddr, where)
 }
 
 func (c ingestConfig) validate(api apiConfig) error {

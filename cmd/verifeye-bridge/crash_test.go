@@ -59,7 +59,7 @@ func TestServeSurvivesKill(t *testing.T) {
 		}
 		return err != nil // killed
 	})
-	js := natstest.JetStreamAt(t, "nats://"+natsAddr)
+	js := natstest.JetStreamAt(t, embeddedURL(t, dataDir))
 	natstest.WaitFor(t, 30*time.Second, func() error {
 		mu.Lock()
 		n := len(accepted)

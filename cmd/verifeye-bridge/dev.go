@@ -170,8 +170,23 @@ func devBanner(w io.Writer, cfg serviceConfig, addr, key string, generated bool)
 		curlAuth = ""
 	}
 	watchCmd := self + " watch"
-	if natsURL != defaultToolNATSURL && strings.HasPrefix(natsURL, "nats://") {
-		watchCmd = "NATS_URL=" + natsURL + " " + self + " watch"
+	urlFile := ""
+	switch {
+	case cfg.common.NATSURL != "":
+		if natsURL != defaultToolNATSURL && strings.HasPrefix(natsURL, "nats://") {
+			watchCmd = "NATS_URL=" + natsURL + " " + self + " watch"
+		}
+	case cfg.embedded.EmbeddedAddr != "-":
+		// The tools find the embedded server, and its credentials, in
+		// DATA_DIR/nats.url; DATA_DIR defaults to ./data for them too.
+		dir := cfg.embedded.DataDir
+		if abs, err := filepath.Abs(dir); err == nil {
+			dir = abs
+		}
+		urlFile = filepath.Join(dir, natsURLFile)
+		if filepath.Clean(cfg.embedded.DataDir) != "data" {
+			watchCmd = "DATA_DIR=" + shellQuote(dir) + " " + self + " watch"
+		}
 	}
 	sample := newSessionID()
 	sample = sample[:24] + "0000" + sample[28:] // last group 0000…: passes
@@ -185,6 +200,9 @@ func devBanner(w io.Writer, cfg serviceConfig, addr, key string, generated bool)
 	if cfg.common.NATSURL == "" {
 		fmt.Fprintf(&b, "   (JetStream data in %s)", cfg.embedded.DataDir)
 	}
+	if urlFile != "" {
+		fmt.Fprintf(&b, "\n  NATS login    in %s   (a nats:// URL with user and password; watch and dlq read it)", urlFile)
+	}
 	fmt.Fprintf(&b, "\n\nSend a webhook:\n  %s\n", sendCmd)
 	fmt.Fprintf(&b, "  curl -i %s -H 'Content-Type: application/json'%s -d '{\"event\":\"VerificationCompleted\",\"verificationSessionId\":\"%s\"}'\n", hook, curlAuth, sample)
 	fmt.Fprintf(&b, "Watch the outcomes (in another terminal):\n  %s\n", watchCmd)
@@ -196,6 +214,14 @@ func devBanner(w io.Writer, cfg serviceConfig, addr, key string, generated bool)
 	fmt.Fprintf(&b, "  any other   passed or failed, decided by a hash of the ID\n")
 	fmt.Fprintf(&b, "Stop with Ctrl-C.\n")
 	_, _ = io.WriteString(w, b.String())
+}
+
+// shellQuote quotes s for a POSIX shell when it needs quoting.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./:@%+=,") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // invokedAs returns how to run this program again from another terminal, for

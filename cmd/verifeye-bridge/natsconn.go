@@ -2,20 +2,26 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 	"github.com/rs/zerolog"
 
 	"github.com/realeyes/verifeye-bridge/internal/natsembed"
 )
 
-// natsOptions returns the client options of the contract's NATS_* settings. The
+// clientOptions returns the options every connection of the bridge shares. The
 // connection reconnects forever: an outage of any length ends when NATS returns.
-func natsOptions(c NATSAuth, name string, log zerolog.Logger) []nats.Option {
-	opts := []nats.Option{
+func clientOptions(name string, log zerolog.Logger) []nats.Option {
+	return []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(true),
@@ -36,15 +42,36 @@ func natsOptions(c NATSAuth, name string, log zerolog.Logger) []nats.Option {
 			log.Warn().Err(err).Msg("nats async error")
 		}),
 	}
+}
+
+// natsOptions returns the client options of the contract's NATS_* settings. An
+// error names the setting that cannot be used.
+func natsOptions(c NATSAuth, name string, log zerolog.Logger) ([]nats.Option, error) {
+	auth, err := c.options()
+	if err != nil {
+		return nil, err
+	}
+	return append(clientOptions(name, log), auth...), nil
+}
+
+// options returns the authentication and TLS options of c. Every file it names
+// is read and checked now: a credential that cannot be used stops the program
+// at start rather than leaving it to connect without it (or never). Errors
+// name the variable and never quote a file's content.
+func (c NATSAuth) options() ([]nats.Option, error) {
+	var opts []nats.Option
 	if c.NATSCreds != "" {
+		if err := checkCreds(c.NATSCreds); err != nil {
+			return nil, fmt.Errorf("NATS_CREDS: %w", err)
+		}
 		opts = append(opts, nats.UserCredentials(c.NATSCreds))
 	}
 	if c.NATSNKey != "" {
-		if o, err := nats.NkeyOptionFromSeed(c.NATSNKey); err == nil {
-			opts = append(opts, o)
-		} else {
-			log.Error().Err(err).Msg("NATS_NKEY: cannot read the seed file")
+		o, err := nats.NkeyOptionFromSeed(c.NATSNKey)
+		if err != nil {
+			return nil, fmt.Errorf("NATS_NKEY: %s: %w", c.NATSNKey, err)
 		}
+		opts = append(opts, o)
 	}
 	if c.NATSUser != "" {
 		opts = append(opts, nats.UserInfo(c.NATSUser, c.NATSPassword.value()))
@@ -53,12 +80,67 @@ func natsOptions(c NATSAuth, name string, log zerolog.Logger) []nats.Option {
 		opts = append(opts, nats.Token(c.NATSToken.value()))
 	}
 	if c.NATSTLSCA != "" {
+		b, err := os.ReadFile(c.NATSTLSCA)
+		if err != nil {
+			return nil, fmt.Errorf("NATS_TLS_CA: %w", err)
+		}
+		if !x509.NewCertPool().AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("NATS_TLS_CA: %s: no PEM certificate in it", c.NATSTLSCA)
+		}
 		opts = append(opts, nats.RootCAs(c.NATSTLSCA))
 	}
-	if c.NATSTLSCert != "" {
+	if c.NATSTLSCert != "" || c.NATSTLSKey != "" {
+		if err := checkKeyPair(c.NATSTLSCert, c.NATSTLSKey); err != nil {
+			return nil, err
+		}
 		opts = append(opts, nats.ClientCert(c.NATSTLSCert, c.NATSTLSKey))
 	}
-	return opts
+	return opts, nil
+}
+
+// checkCreds checks that a NATS credentials file holds a user JWT and a user
+// nkey seed.
+func checkCreds(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if jwt, err := nkeys.ParseDecoratedJWT(b); err != nil || strings.Count(jwt, ".") != 2 {
+		return fmt.Errorf("%s: no user JWT in it", path)
+	}
+	kp, err := nkeys.ParseDecoratedNKey(b)
+	if err != nil {
+		return fmt.Errorf("%s: no nkey seed in it", path)
+	}
+	kp.Wipe()
+	return nil
+}
+
+// checkKeyPair checks a client certificate and its key, naming the variable of
+// the file at fault.
+func checkKeyPair(certFile, keyFile string) error {
+	if certFile == "" || keyFile == "" {
+		return fmt.Errorf("NATS_TLS_CERT and NATS_TLS_KEY: set both or neither")
+	}
+	certPEM, err := os.ReadFile(certFile)
+	if err != nil {
+		return fmt.Errorf("NATS_TLS_CERT: %w", err)
+	}
+	keyPEM, err := os.ReadFile(keyFile)
+	if err != nil {
+		return fmt.Errorf("NATS_TLS_KEY: %w", err)
+	}
+	block, _ := pem.Decode(certPEM)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return fmt.Errorf("NATS_TLS_CERT: %s: no PEM certificate in it", certFile)
+	}
+	if _, err := x509.ParseCertificate(block.Bytes); err != nil {
+		return fmt.Errorf("NATS_TLS_CERT: %s: %w", certFile, err)
+	}
+	if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
+		return fmt.Errorf("NATS_TLS_KEY: %s: not the private key of NATS_TLS_CERT (%w)", keyFile, err)
+	}
+	return nil
 }
 
 // connection is a NATS connection and, in embedded mode, the server behind it.
@@ -70,8 +152,11 @@ type connection struct {
 // connect connects to NATS_URL, or with it empty and embedded non-nil, starts
 // the embedded server and connects in-process.
 func connect(c commonConfig, embedded *embeddedConfig, name string, log zerolog.Logger) (*connection, error) {
-	opts := natsOptions(c.NATSAuth, name, log)
 	if c.NATSURL != "" {
+		opts, err := natsOptions(c.NATSAuth, name, log)
+		if err != nil {
+			return nil, usageError{err}
+		}
 		nc, err := nats.Connect(c.NATSURL, opts...)
 		if err != nil {
 			return nil, fmt.Errorf("nats: connect: %w", err)
@@ -81,19 +166,44 @@ func connect(c commonConfig, embedded *embeddedConfig, name string, log zerolog.
 	if embedded == nil {
 		return nil, fmt.Errorf("NATS_URL: required for this subcommand")
 	}
-	sync, _ := embedded.syncInterval()
+	if c.NATSAuth != (NATSAuth{}) {
+		log.Warn().Msg("NATS_CREDS, NATS_NKEY, NATS_USER, NATS_PASSWORD, NATS_TOKEN and NATS_TLS_* are for NATS_URL: the embedded server uses NATS_EMBEDDED_USER and NATS_EMBEDDED_PASSWORD")
+	}
+	return startEmbedded(*embedded, name, log)
+}
+
+// startEmbedded starts the embedded server, which accepts only its own
+// credentials, writes DATA_DIR/nats.url for the terminal tools and local
+// consumers, and connects in-process with the same credentials.
+func startEmbedded(cfg embeddedConfig, name string, log zerolog.Logger) (*connection, error) {
+	user, password, generated, err := embeddedCredentials(cfg)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	interval, _ := cfg.syncInterval()
 	ns, err := natsembed.Start(natsembed.Options{
-		StoreDir:     embedded.DataDir,
-		Addr:         embedded.EmbeddedAddr,
-		SyncInterval: sync,
+		StoreDir:     cfg.DataDir,
+		Addr:         cfg.EmbeddedAddr,
+		SyncInterval: interval,
+		User:         user,
+		Password:     password,
 		Log:          log.Level(zerolog.WarnLevel),
 	})
 	if err != nil {
 		return nil, err
 	}
-	log.Info().Str("data_dir", embedded.DataDir).Str("listen", embedded.EmbeddedAddr).
-		Bool("sync_always", sync == 0).Msg("embedded NATS server started")
-	nc, err := nats.Connect("", append(opts, nats.InProcessServer(ns))...)
+	urlFile, err := writeNATSURL(cfg.DataDir, ns, user, password)
+	if err != nil {
+		natsembed.Shutdown(ns)
+		return nil, usageError{fmt.Errorf("DATA_DIR: %w", err)}
+	}
+	ev := log.Info().Str("data_dir", cfg.DataDir).Str("listen", cfg.EmbeddedAddr).
+		Bool("sync_always", interval == 0).Bool("generated_credentials", generated)
+	if urlFile != "" {
+		ev = ev.Str("nats_url_file", urlFile)
+	}
+	ev.Msg("embedded NATS server started")
+	nc, err := nats.Connect("", append(clientOptions(name, log), nats.InProcessServer(ns), nats.UserInfo(user, password))...)
 	if err != nil {
 		natsembed.Shutdown(ns)
 		return nil, fmt.Errorf("nats: connect in-process: %w", err)

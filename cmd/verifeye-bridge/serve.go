@@ -85,6 +85,9 @@ func (c *serviceConfig) load() error {
 	check := []func() error{c.common.validate, c.observe.validate}
 	if c.embedded != nil {
 		check = append(check, c.embedded.validate)
+		if c.common.NATSURL == "" {
+			check = append(check, c.embedded.validateListen)
+		}
 	} else if c.common.NATSURL == "" {
 		check = append(check, func() error { return errors.New("NATS_URL: required for " + c.name) })
 	}

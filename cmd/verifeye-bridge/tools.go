@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/url"
 	"strings"
 	"time"
@@ -16,24 +17,38 @@ import (
 	"github.com/realeyes/verifeye-bridge/internal/streams"
 )
 
-// defaultToolNATSURL is where the terminal tools look for NATS: the embedded
-// server of `serve` and `dev` (NATS_EMBEDDED_ADDR's default).
+// defaultToolNATSURL is where the terminal tools look for NATS when neither
+// NATS_URL nor DATA_DIR/nats.url says: NATS_EMBEDDED_ADDR's default.
 const defaultToolNATSURL = "nats://127.0.0.1:4222"
 
 // toolConfig is the environment of the terminal tools (watch, dlq, replay).
 type toolConfig struct {
-	NATSURL string `envconfig:"NATS_URL" default:"nats://127.0.0.1:4222" desc:"NATS server URL(s), comma-separated (default: the embedded server of serve/dev)"`
+	NATSURL string `envconfig:"NATS_URL" desc:"NATS server URL(s), comma-separated (default: the URL in DATA_DIR/nats.url, which serve and dev write for their embedded server)"`
+	DataDir string `envconfig:"DATA_DIR" default:"./data" desc:"data directory of serve or dev: its nats.url is used when NATS_URL is empty"`
 	NATSAuth
 	SubjectPrefix string `envconfig:"SUBJECT_PREFIX" default:"verifeye" desc:"first token of every subject"`
+
+	// urlFile is the nats.url NATSURL was read from, if any.
+	urlFile string
 }
 
 // load reads the environment; errors name the variable and are usage errors.
+// With NATS_URL empty it takes the embedded server's URL, credentials
+// included, from DATA_DIR/nats.url.
 func (c *toolConfig) load() (streams.Subjects, error) {
 	if err := process(c); err != nil {
 		return streams.Subjects{}, usageError{err}
 	}
 	if c.NATSURL == "" {
-		c.NATSURL = defaultToolNATSURL
+		u, path, err := readNATSURL(c.DataDir)
+		switch {
+		case err == nil:
+			c.NATSURL, c.urlFile = u, path
+		case errors.Is(err, fs.ErrNotExist):
+			c.NATSURL = defaultToolNATSURL
+		default:
+			return streams.Subjects{}, usagef("DATA_DIR: %v", err)
+		}
 	}
 	if err := c.NATSAuth.validate(); err != nil {
 		return streams.Subjects{}, usageError{err}
@@ -51,7 +66,11 @@ func (c *toolConfig) load() (streams.Subjects, error) {
 // connection.
 func connectTool(c toolConfig, name string, stderr io.Writer) (*nats.Conn, jetstream.JetStream, error) {
 	log := zerolog.New(zerolog.ConsoleWriter{Out: stderr, TimeFormat: "15:04:05"}).Level(zerolog.WarnLevel).With().Timestamp().Logger()
-	opts := append(natsOptions(c.NATSAuth, "verifeye-bridge "+name, log),
+	opts, err := natsOptions(c.NATSAuth, "verifeye-bridge "+name, log)
+	if err != nil {
+		return nil, nil, usageError{err}
+	}
+	opts = append(opts,
 		nats.RetryOnFailedConnect(false),
 		nats.Timeout(5*time.Second),
 		// A normal Close is not worth a warning; a lost connection is.
@@ -63,7 +82,10 @@ func connectTool(c toolConfig, name string, stderr io.Writer) (*nats.Conn, jetst
 	)
 	nc, err := nats.Connect(c.NATSURL, opts...)
 	if err != nil {
-		return nil, nil, fmt.Errorf("cannot connect to NATS at %s: %w (is verifeye-bridge serve or dev running? set NATS_URL)", redactURLs(c.NATSURL), err)
+		if c.urlFile != "" {
+			return nil, nil, fmt.Errorf("cannot connect to NATS at %s (from %s): %w (is verifeye-bridge serve or dev running with this DATA_DIR? or set NATS_URL)", redactURLs(c.NATSURL), c.urlFile, err)
+		}
+		return nil, nil, fmt.Errorf("cannot connect to NATS at %s: %w (is verifeye-bridge serve or dev running? set DATA_DIR to its data directory, or NATS_URL)", redactURLs(c.NATSURL), err)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {

@@ -34,6 +34,10 @@ type Options struct {
 	Cluster *server.ClusterOpts
 	// Routes are the cluster peers' route URLs (nats-route://host:port).
 	Routes []string
+	// User and Password, when User is set, are the only credentials the
+	// server accepts: every client, in-process ones included, must present
+	// them. With User empty the server accepts any client.
+	User, Password string
 	// Log receives the server's log; a disabled logger by default.
 	Log zerolog.Logger
 }
@@ -103,6 +107,9 @@ func serverOptions(opts Options) (*server.Options, error) {
 		if p == 0 {
 			so.Port = server.RANDOM_PORT
 		}
+	}
+	if opts.User != "" {
+		so.Users = []*server.User{{Username: opts.User, Password: opts.Password}}
 	}
 	if opts.Cluster != nil {
 		so.Cluster = *opts.Cluster
