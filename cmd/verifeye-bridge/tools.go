@@ -35,7 +35,7 @@ func (c *toolConfig) load() (streams.Subjects, error) {
 	if c.NATSURL == "" {
 		c.NATSURL = defaultToolNATSURL
 	}
-	if err := c.NATSAuth.validate(); err != nil {
+	if err := firstErr(checkNATSURLs("NATS_URL", c.NATSURL), c.NATSAuth.validate()); err != nil {
 		return streams.Subjects{}, usageError{err}
 	}
 	s, err := streams.NewSubjects(c.SubjectPrefix)
