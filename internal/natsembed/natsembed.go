@@ -132,13 +132,15 @@ type logger struct {
 
 func (g logger) Noticef(f string, v ...any) { g.l.Info().Str("component", "nats-server").Msgf(f, v...) }
 func (g logger) Warnf(f string, v ...any)   { g.l.Warn().Str("component", "nats-server").Msgf(f, v...) }
-func (g logger) Fatalf(f string, v ...any)  { g.l.Error().Str("component", "nats-server").Msgf(f, v...); g.report(f, v) }
+func (g logger) Fatalf(f string, v ...any)  { g.fatalf(f, v...) }
 func (g logger) Errorf(f string, v ...any)  { g.l.Error().Str("component", "nats-server").Msgf(f, v...) }
 func (g logger) Debugf(f string, v ...any)  { g.l.Debug().Str("component", "nats-server").Msgf(f, v...) }
 func (g logger) Tracef(f string, v ...any)  { g.l.Trace().Str("component", "nats-server").Msgf(f, v...) }
 
-// report passes a fatal message to fatal, unless one is there already.
-func (g logger) report(f string, v []any) {
+// fatalf logs a fatal message as an error and passes it to fatal, unless one
+// is there already.
+func (g logger) fatalf(f string, v ...any) {
+	g.l.Error().Str("component", "nats-server").Msgf(f, v...)
 	if g.fatal == nil {
 		return
 	}
