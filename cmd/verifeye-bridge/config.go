@@ -187,11 +187,12 @@ func checkNATSURLs(name, urls string) error {
 		if err != nil {
 			return fmt.Errorf("%s: a URL in the list cannot be parsed", name)
 		}
+		p.User = nil // a user, password or token
 		switch {
 		case p.Scheme != "nats" && p.Scheme != "tls" && p.Scheme != "ws" && p.Scheme != "wss":
-			return fmt.Errorf("%s: %q: the scheme is not nats, tls, ws or wss", name, p.Redacted())
+			return fmt.Errorf("%s: %q: the scheme is not nats, tls, ws or wss", name, p)
 		case p.Hostname() == "":
-			return fmt.Errorf("%s: %q has no host", name, p.Redacted())
+			return fmt.Errorf("%s: %q has no host", name, p)
 		}
 	}
 	return nil
@@ -251,10 +252,8 @@ func (c commonConfig) checkMaxAge(name string, d time.Duration) error {
 }
 
 func (c commonConfig) validate() error {
-	if c.HTTPAddr != "" { // empty: serve's default of any address, port 80
-		if err := checkHostPort("HTTP_ADDR", c.HTTPAddr); err != nil {
-			return err
-		}
+	if err := checkHostPort("HTTP_ADDR", c.HTTPAddr); err != nil {
+		return err
 	}
 	if c.NATSURL != "" {
 		if err := checkNATSURLs("NATS_URL", c.NATSURL); err != nil {
@@ -396,13 +395,16 @@ func (c apiConfig) validate(requireKey bool) error {
 	}
 	if c.APIURL != "" {
 		u, err := url.Parse(c.APIURL)
-		switch {
-		case err != nil:
+		if err != nil {
 			return errors.New("VERIFEYE_API_URL: cannot be parsed as a URL")
+		}
+		shown := *u
+		shown.User, shown.RawQuery, shown.Fragment = nil, "", ""
+		switch {
 		case (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
-			return fmt.Errorf("VERIFEYE_API_URL: %q is not an absolute http or https URL", u.Redacted())
+			return fmt.Errorf("VERIFEYE_API_URL: %q is not an absolute http or https URL", &shown)
 		case u.RawQuery != "" || u.Fragment != "" || u.ForceQuery:
-			return fmt.Errorf("VERIFEYE_API_URL: %q must not have a query or fragment", u.Redacted())
+			return fmt.Errorf("VERIFEYE_API_URL: %q must not have a query or fragment", &shown)
 		}
 	}
 	if c.Region != "eu" && c.Region != "us" {

@@ -70,7 +70,8 @@ func TestConfigErrors(t *testing.T) {
 		{"serve", map[string]string{"VERIFEYE_API_KEY": " secret-key"}, "VERIFEYE_API_KEY"},
 		{"serve", map[string]string{"VERIFEYE_API_KEY": "secret\nkey"}, "VERIFEYE_API_KEY"},
 		{"serve", map[string]string{"VERIFEYE_API_KEY": "secret\x7fkey"}, "VERIFEYE_API_KEY"},
-		{"serve", map[string]string{"VERIFEYE_API_URL": "ftp://api.example"}, "VERIFEYE_API_URL"},
+		{"serve", map[string]string{"VERIFEYE_API_URL": "ftp://s3cr3t@api.example"}, "VERIFEYE_API_URL"},
+		{"serve", map[string]string{"VERIFEYE_API_URL": "https://api.example/?key=s3cr3t"}, "VERIFEYE_API_URL"},
 		{"serve", map[string]string{"VERIFEYE_API_URL": "https://"}, "VERIFEYE_API_URL"},
 		{"serve", map[string]string{"VERIFEYE_API_URL": "https://api.example/?q=1"}, "VERIFEYE_API_URL"},
 		{"serve", map[string]string{"VERIFEYE_REGION": "mars"}, "VERIFEYE_REGION"},
@@ -101,6 +102,7 @@ func TestConfigErrors(t *testing.T) {
 		{"serve", map[string]string{"LOG_LEVEL": "5"}, "LOG_LEVEL"},
 		{"serve", map[string]string{"LOG_FORMAT": "xml"}, "LOG_FORMAT"},
 		{"serve", map[string]string{"HTTP_ADDR": "8080"}, "HTTP_ADDR"},
+		{"serve", map[string]string{"HTTP_ADDR": ""}, "HTTP_ADDR"},
 		{"serve", map[string]string{"HTTP_ADDR": "127.0.0.1:70000"}, "HTTP_ADDR"},
 		{"serve", map[string]string{"SUBJECT_PREFIX": "a.b"}, "SUBJECT_PREFIX"},
 		{"serve", map[string]string{"NATS_EMBEDDED_ADDR": "4222"}, "NATS_EMBEDDED_ADDR"},
@@ -129,7 +131,7 @@ func TestConfigErrors(t *testing.T) {
 		{"serve", map[string]string{"METRICS_SAMPLE_INTERVAL": "1ms"}, "METRICS_SAMPLE_INTERVAL"},
 		{"dev", map[string]string{"VERIFEYE_API_KEY": "secret-key\t"}, "VERIFEYE_API_KEY"},
 		{"dev", map[string]string{"STREAM_REPLICAS": "3"}, "STREAM_REPLICAS"},
-		{"ingest", map[string]string{"NATS_URL": "http://nats.example:4222"}, "NATS_URL"},
+		{"ingest", map[string]string{"NATS_URL": "http://s3cr3t-token@nats.example:4222"}, "NATS_URL"},
 		{"ingest", map[string]string{"NATS_URL": noNATS + ", "}, "NATS_URL"},
 		{"ingest", map[string]string{"NATS_URL": noNATS, "WEBHOOK_AUTH": "token", "WEBHOOK_TOKEN": "tok en-0123456789abcdef"}, "WEBHOOK_TOKEN"},
 		{"ingest", map[string]string{"NATS_URL": noNATS, "VERIFEYE_API_KEY": "secret-key\r"}, "VERIFEYE_API_KEY"},
@@ -180,6 +182,9 @@ func TestConfigErrors(t *testing.T) {
 				if v := strings.TrimSpace(env[secretVar]); len(v) > 3 && strings.Contains(msg, v) {
 					t.Errorf("%s with %s: stderr %q repeats %s", tc.cmd, strings.Join(name, " "), msg, secretVar)
 				}
+			}
+			if strings.Contains(msg, "s3cr3t") {
+				t.Errorf("%s with %s: stderr %q repeats the credentials of a URL", tc.cmd, strings.Join(name, " "), msg)
 			}
 			if strings.Contains(msg, "goroutine ") || strings.Contains(msg, "panic") {
 				t.Errorf("%s: stderr has a stack trace: %q", tc.cmd, msg)
