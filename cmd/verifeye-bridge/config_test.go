@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -151,6 +152,7 @@ func TestConfigErrors(t *testing.T) {
 		for k, v := range tc.env {
 			name = append(name, k+"="+v)
 		}
+		slices.Sort(name)
 		t.Run(tc.cmd+" "+strings.Join(name, " "), func(t *testing.T) {
 			env := map[string]string{
 				"VERIFEYE_API_KEY":   "secret-key",
@@ -213,6 +215,7 @@ func TestConfigAcceptsItsLimits(t *testing.T) {
 		for k, v := range env {
 			name = append(name, k+"="+v)
 		}
+		slices.Sort(name)
 		t.Run(strings.Join(name, " "), func(t *testing.T) {
 			all := map[string]string{
 				"VERIFEYE_API_KEY":   "secret-key",
