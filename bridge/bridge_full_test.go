@@ -15,7 +15,7 @@ import (
 // instead of evicting unconsumed ones to make room.
 func TestWebhookStreamFull(t *testing.T) {
 	limits := streams.DefaultLimits()
-	limits.WebhooksMaxSize = 4 << 10 // a few dozen webhooks
+	limits.WebhooksMaxBytes = 4 << 10 // a few dozen webhooks
 	r := newRig(t, rigOptions{auth: bridge.APIKeyAuth(testAPIKey), limits: &limits})
 
 	var accepted []string

@@ -257,8 +257,8 @@ func checkNATSRoles(t *testing.T, users []*server.User, logins map[string]login)
 		t.Errorf("connect without a login: %v; want an authorization violation", err)
 	}
 	subjects, _ := streams.NewSubjects("verifeye")
-	limits := streams.Limits{Replicas: 1, Duplicates: time.Minute, WebhooksMaxAge: time.Hour, WebhooksMaxSize: 1 << 24,
-		ResultsMaxAge: time.Hour, ResultsMaxSize: 1 << 24, DLQMaxAge: time.Hour, DLQMaxSize: 1 << 24}
+	limits := streams.Limits{Replicas: 1, Duplicates: time.Minute, WebhooksMaxAge: time.Hour, WebhooksMaxBytes: 1 << 24,
+		ResultsMaxAge: time.Hour, ResultsMaxBytes: 1 << 24, DLQMaxAge: time.Hour, DLQMaxBytes: 1 << 24}
 	admin := as("admin")
 	count := func(stream string) uint64 {
 		t.Helper()

@@ -261,7 +261,7 @@ func startPipeline(t *testing.T) *cliPipeline {
 	e.Concurrency, e.RateLimit, e.MaxAttempts, e.AckWait = 4, 0, 3, time.Second
 	e.BackoffBase, e.BackoffMax, e.NotFoundDelay, e.NotFoundAttempts = 10*time.Millisecond, 50*time.Millisecond, 10*time.Millisecond, 2
 
-	p.url = startServe(t, cfg, false, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel))
+	p.url = startServe(t, cfg, serviceDeps{}, false, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel))
 	natstest.WaitFor(t, 10*time.Second, func() error {
 		for _, s := range []string{streams.Webhooks, streams.Results, streams.DLQ} {
 			if _, err := p.js.Stream(context.Background(), s); err != nil {

@@ -127,7 +127,7 @@ func clusterJetStream(t *testing.T, nodes []*clusterNode) jetstream.JetStream {
 func clusterServe(t *testing.T, cfg serviceConfig) string {
 	t.Helper()
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel).With().Str("replica", cfg.name).Logger()
-	return startServe(t, cfg, true, log)
+	return startServe(t, cfg, serviceDeps{}, true, log)
 }
 
 func clusterGet(url string) (int, string, error) {

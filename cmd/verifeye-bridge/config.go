@@ -4,13 +4,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"math"
 	"net"
+	"net/url"
+	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/kelseyhightower/envconfig"
-	"github.com/rs/zerolog"
 
 	"github.com/realeyes/verifeye-bridge/internal/streams"
 )
@@ -50,30 +55,48 @@ func (c NATSAuth) validate() error {
 	return err
 }
 
+// Logging is how a long-running subcommand logs; the services and the
+// simulator read it alike.
+type Logging struct {
+	LogLevel  string `envconfig:"LOG_LEVEL" default:"info" desc:"trace, debug, info, warn or error"`
+	LogFormat string `envconfig:"LOG_FORMAT" default:"json" desc:"json, or console for humans"`
+}
+
+func (c Logging) validate() error {
+	switch c.LogLevel {
+	case "trace", "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("LOG_LEVEL: %q is not one of trace, debug, info, warn, error", c.LogLevel)
+	}
+	if c.LogFormat != "json" && c.LogFormat != "console" {
+		return fmt.Errorf("LOG_FORMAT: %q is not json or console", c.LogFormat)
+	}
+	return nil
+}
+
 // commonConfig is read by every subcommand that talks to NATS.
 type commonConfig struct {
 	HTTPAddr string `envconfig:"HTTP_ADDR" default:":8080" desc:"HTTP listen address (ingest, or the enricher's health and metrics)"`
 	NATSURL  string `envconfig:"NATS_URL" desc:"NATS server URL(s), comma-separated; empty in serve/dev starts an embedded server"`
 	NATSAuth
-	SubjectPrefix  string        `envconfig:"SUBJECT_PREFIX" default:"verifeye" desc:"first token of every subject"`
-	StreamReplicas int           `envconfig:"STREAM_REPLICAS" default:"1" desc:"JetStream replicas of the streams the bridge creates (1, 3 or 5)"`
-	DupWindow      time.Duration `envconfig:"STREAM_DUPLICATE_WINDOW" default:"10m" desc:"de-duplication window of the webhooks and results streams"`
-	WebhooksMaxAge time.Duration `envconfig:"WEBHOOKS_MAX_AGE" default:"168h" desc:"how long the webhooks stream keeps events"`
-	WebhooksMaxB   int64         `envconfig:"WEBHOOKS_MAX_BYTES" default:"1073741824" desc:"size of the webhooks stream; when full, webhooks get 503"`
-	ResultsMaxAge  time.Duration `envconfig:"RESULTS_MAX_AGE" default:"168h" desc:"how long the results stream keeps outcomes"`
-	ResultsMaxB    int64         `envconfig:"RESULTS_MAX_BYTES" default:"1073741824" desc:"size of the results stream (oldest outcomes go first)"`
-	DLQMaxAge      time.Duration `envconfig:"DLQ_MAX_AGE" default:"720h" desc:"how long the DLQ keeps dead-lettered events"`
-	DLQMaxB        int64         `envconfig:"DLQ_MAX_BYTES" default:"268435456" desc:"size of the DLQ stream"`
-	ShutdownGrace  time.Duration `envconfig:"SHUTDOWN_GRACE" default:"25s" desc:"how long SIGTERM waits for in-flight requests and enrichments"`
-	LogLevel       string        `envconfig:"LOG_LEVEL" default:"info" desc:"trace, debug, info, warn or error"`
-	LogFormat      string        `envconfig:"LOG_FORMAT" default:"json" desc:"json, or console for humans"`
+	SubjectPrefix    string        `envconfig:"SUBJECT_PREFIX" default:"verifeye" desc:"first token of every subject: [A-Za-z0-9_-], at most 64"`
+	StreamReplicas   int           `envconfig:"STREAM_REPLICAS" default:"1" desc:"JetStream replicas of the streams the bridge creates: 1 to 5 (3 on a cluster); 1 with the embedded server"`
+	DupWindow        time.Duration `envconfig:"STREAM_DUPLICATE_WINDOW" default:"10m" desc:"de-duplication window of the webhooks and results streams: 1s to 168h"`
+	WebhooksMaxAge   time.Duration `envconfig:"WEBHOOKS_MAX_AGE" default:"168h" desc:"how long the webhooks stream keeps events: 0 (no limit) or at least STREAM_DUPLICATE_WINDOW"`
+	WebhooksMaxBytes int64         `envconfig:"WEBHOOKS_MAX_BYTES" default:"1073741824" desc:"size of the webhooks stream, at least 1 MiB or -1 (no limit); when full, webhooks get 503"`
+	ResultsMaxAge    time.Duration `envconfig:"RESULTS_MAX_AGE" default:"168h" desc:"how long the results stream keeps outcomes: 0 (no limit) or at least STREAM_DUPLICATE_WINDOW"`
+	ResultsMaxBytes  int64         `envconfig:"RESULTS_MAX_BYTES" default:"1073741824" desc:"size of the results stream, at least 1 MiB or -1 (no limit; oldest outcomes go first)"`
+	DLQMaxAge        time.Duration `envconfig:"DLQ_MAX_AGE" default:"720h" desc:"how long the DLQ keeps dead-lettered events: 0 (no limit) or at least STREAM_DUPLICATE_WINDOW"`
+	DLQMaxBytes      int64         `envconfig:"DLQ_MAX_BYTES" default:"268435456" desc:"size of the DLQ stream, at least 1 MiB or -1 (no limit)"`
+	ShutdownGrace    time.Duration `envconfig:"SHUTDOWN_GRACE" default:"25s" desc:"how long SIGTERM waits for in-flight requests and enrichments: 1s to 1h"`
+	Logging
 }
 
 // embeddedConfig is read by serve and dev.
 type embeddedConfig struct {
 	EmbeddedAddr string `envconfig:"NATS_EMBEDDED_ADDR" default:"127.0.0.1:4222" desc:"where the embedded NATS server listens (for watch and local consumers); '-' for nowhere"`
-	DataDir      string `envconfig:"DATA_DIR" default:"./data" desc:"embedded JetStream storage directory"`
-	EmbeddedSync string `envconfig:"NATS_EMBEDDED_SYNC" default:"always" desc:"'always' fsyncs every event before it is acknowledged; a duration (e.g. 1s) syncs on that interval and risks that much on a power cut"`
+	DataDir      string `envconfig:"DATA_DIR" default:"./data" desc:"embedded JetStream storage directory; created if need be, must be writable"`
+	EmbeddedSync string `envconfig:"NATS_EMBEDDED_SYNC" default:"always" desc:"'always' fsyncs every event before it is acknowledged; a duration up to 2m (e.g. 1s) syncs on that interval and risks that much on a power cut"`
 	EmbeddedUser string `envconfig:"NATS_EMBEDDED_USER" desc:"user the embedded NATS server requires (with NATS_EMBEDDED_PASSWORD); default: generated at first start and kept in DATA_DIR"`
 	EmbeddedPass secret `envconfig:"NATS_EMBEDDED_PASSWORD" desc:"password of NATS_EMBEDDED_USER"`
 }
@@ -82,82 +105,214 @@ type embeddedConfig struct {
 type ingestConfig struct {
 	WebhookAuth    string        `envconfig:"WEBHOOK_AUTH" default:"api-key" desc:"api-key (X-API-Key must equal VERIFEYE_API_KEY or match WEBHOOK_API_KEY_SHA256), token, or none"`
 	WebhookKeyHash string        `envconfig:"WEBHOOK_API_KEY_SHA256" desc:"hex SHA-256 of the API key, so an ingest-only replica need not hold the key; comma-separated to accept an old and a new key while rotating"`
-	WebhookToken   secret        `envconfig:"WEBHOOK_TOKEN" desc:"token expected as ?token= or Authorization: Bearer when WEBHOOK_AUTH=token"`
-	PublishTimeout time.Duration `envconfig:"INGEST_PUBLISH_TIMEOUT" default:"3s" desc:"longest wait for JetStream's acknowledgement before answering 503"`
+	WebhookToken   secret        `envconfig:"WEBHOOK_TOKEN" desc:"token expected as ?token= or Authorization: Bearer when WEBHOOK_AUTH=token: at least 16 printable ASCII characters, no spaces"`
+	PublishTimeout time.Duration `envconfig:"INGEST_PUBLISH_TIMEOUT" default:"3s" desc:"longest wait for JetStream's acknowledgement before answering 503: 10ms to 9s"`
 }
 
 // apiConfig is read by every subcommand that calls or checks the VerifEye API key.
 type apiConfig struct {
-	APIKey     secret        `envconfig:"VERIFEYE_API_KEY" desc:"account API key: used for Get Session Result and to check the webhook's X-API-Key"`
-	APIURL     string        `envconfig:"VERIFEYE_API_URL" desc:"API base URL (default: the VERIFEYE_REGION host)"`
+	APIKey     secret        `envconfig:"VERIFEYE_API_KEY" desc:"account API key: used for Get Session Result and to check the webhook's X-API-Key (no surrounding spaces)"`
+	APIURL     string        `envconfig:"VERIFEYE_API_URL" desc:"API base URL, http(s)://host[:port][/path] (default: the VERIFEYE_REGION host)"`
 	Region     string        `envconfig:"VERIFEYE_REGION" default:"eu" desc:"eu or us: picks the default API host"`
-	APITimeout time.Duration `envconfig:"VERIFEYE_API_TIMEOUT" default:"10s" desc:"timeout of one Get Session Result call"`
+	APITimeout time.Duration `envconfig:"VERIFEYE_API_TIMEOUT" default:"10s" desc:"timeout of one Get Session Result call: 100ms to 5m"`
 }
 
 // enrichConfig is read by serve, dev and enrich.
 type enrichConfig struct {
-	Concurrency      int           `envconfig:"ENRICH_CONCURRENCY" default:"16" desc:"enricher workers (concurrent API calls)"`
-	RateLimit        float64       `envconfig:"VERIFEYE_RATE_LIMIT" default:"50" desc:"API calls per second; 0 = no cap"`
-	MaxAttempts      int           `envconfig:"ENRICH_MAX_ATTEMPTS" default:"10" desc:"attempts before an event goes to the DLQ"`
-	Consumer         string        `envconfig:"ENRICH_CONSUMER" default:"enricher" desc:"durable consumer name shared by all enricher replicas"`
-	AckWait          time.Duration `envconfig:"ENRICH_ACK_WAIT" default:"30s" desc:"how long an enrichment may run before JetStream redelivers it (extended while the API call runs)"`
-	BackoffBase      time.Duration `envconfig:"ENRICH_BACKOFF_BASE" default:"1s" desc:"first retry delay after 429/5xx/timeout; doubles per attempt, with jitter"`
-	BackoffMax       time.Duration `envconfig:"ENRICH_BACKOFF_MAX" default:"5m" desc:"longest retry delay"`
-	NotFoundDelay    time.Duration `envconfig:"ENRICH_NOT_FOUND_DELAY" default:"15s" desc:"retry delay after a 404 (the result may lag)"`
-	NotFoundAttempts int           `envconfig:"ENRICH_NOT_FOUND_ATTEMPTS" default:"5" desc:"404 answers before the event goes to the DLQ as not_found"`
-	AuthRetry        time.Duration `envconfig:"ENRICH_AUTH_RETRY" default:"30s" desc:"while the API answers 401/403, how often to try again (consuming is paused)"`
+	Concurrency      int           `envconfig:"ENRICH_CONCURRENCY" default:"16" desc:"enricher workers (concurrent API calls): 1 to 1024"`
+	RateLimit        float64       `envconfig:"VERIFEYE_RATE_LIMIT" default:"50" desc:"API calls per second, 0.01 to 100000; 0 = no cap"`
+	MaxAttempts      int           `envconfig:"ENRICH_MAX_ATTEMPTS" default:"10" desc:"attempts before an event goes to the DLQ: 1 to 1000"`
+	Consumer         string        `envconfig:"ENRICH_CONSUMER" default:"enricher" desc:"durable consumer name shared by all enricher replicas: [A-Za-z0-9_-], at most 64"`
+	AckWait          time.Duration `envconfig:"ENRICH_ACK_WAIT" default:"30s" desc:"how long an enrichment may run before JetStream redelivers it (extended while the API call runs): 1s to 1h"`
+	BackoffBase      time.Duration `envconfig:"ENRICH_BACKOFF_BASE" default:"1s" desc:"first retry delay after 429/5xx/timeout; doubles per attempt, with jitter: 1ms up to ENRICH_BACKOFF_MAX"`
+	BackoffMax       time.Duration `envconfig:"ENRICH_BACKOFF_MAX" default:"5m" desc:"longest retry delay: up to 24h"`
+	NotFoundDelay    time.Duration `envconfig:"ENRICH_NOT_FOUND_DELAY" default:"15s" desc:"retry delay after a 404 (the result may lag): 1ms to 24h"`
+	NotFoundAttempts int           `envconfig:"ENRICH_NOT_FOUND_ATTEMPTS" default:"5" desc:"404 answers before the event goes to the DLQ as not_found: 1 to 1000"`
+	AuthRetry        time.Duration `envconfig:"ENRICH_AUTH_RETRY" default:"30s" desc:"while the API answers 401/403, how often to try again (consuming is paused): 1ms to 1h"`
+}
+
+// Ranges of the settings, where a bound is not a single use's.
+const (
+	minStreamBytes = 1 << 20 // a stream smaller than 1 MiB holds a handful of webhooks
+	maxRateLimit   = 100_000
+	maxAttempts    = 1000
+	maxSecretLen   = 4096
+	minTokenLen    = 16
+)
+
+// inRange checks that setting name's d lies in [lo, hi].
+func inRange(name string, d, lo, hi time.Duration) error {
+	if d < lo || d > hi {
+		return fmt.Errorf("%s: %v is not between %v and %v", name, d, lo, hi)
+	}
+	return nil
+}
+
+// intInRange checks that setting name's n lies in [lo, hi].
+func intInRange(name string, n, lo, hi int) error {
+	if n < lo || n > hi {
+		return fmt.Errorf("%s: %d is not between %d and %d", name, n, lo, hi)
+	}
+	return nil
+}
+
+// firstErr returns the first of errs that is not nil.
+func firstErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkHostPort checks that setting name is host:port with a port number.
+func checkHostPort(name, addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%s: %q is not host:port", name, addr)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+		return fmt.Errorf("%s: %q: the port is not a number from 0 to 65535", name, addr)
+	}
+	return nil
+}
+
+// checkNATSURLs checks each of the comma-separated NATS URLs of setting name
+// as nats.Connect reads them: nats://, tls://, ws:// or wss:// (nats:// when
+// left out) and a host. Errors never repeat user information.
+func checkNATSURLs(name, urls string) error {
+	for _, u := range strings.Split(urls, ",") {
+		u = strings.TrimSpace(u)
+		if !strings.Contains(u, "://") {
+			u = "nats://" + u
+		}
+		p, err := url.Parse(u)
+		if err != nil {
+			return fmt.Errorf("%s: a URL in the list cannot be parsed", name)
+		}
+		p.User = nil // a user, password or token
+		switch {
+		case p.Scheme != "nats" && p.Scheme != "tls" && p.Scheme != "ws" && p.Scheme != "wss":
+			return fmt.Errorf("%s: %q: the scheme is not nats, tls, ws or wss", name, p)
+		case p.Hostname() == "":
+			return fmt.Errorf("%s: %q has no host", name, p)
+		}
+	}
+	return nil
+}
+
+// checkSecret refuses what a copy and paste adds to a secret: white space
+// around it and control characters (a newline would end an HTTP header). The
+// error names the setting, never the value.
+func checkSecret(name string, s secret) error {
+	v := s.value()
+	if strings.TrimSpace(v) != v {
+		return fmt.Errorf("%s: has white space at its start or end", name)
+	}
+	if strings.IndexFunc(v, unicode.IsControl) >= 0 {
+		return fmt.Errorf("%s: contains a control character", name)
+	}
+	if len(v) > maxSecretLen {
+		return fmt.Errorf("%s: longer than %d bytes", name, maxSecretLen)
+	}
+	return nil
+}
+
+// checkToken checks WEBHOOK_TOKEN: a shared secret sent in a URL or a Bearer
+// header, so printable ASCII without spaces, and long enough not to be guessed.
+func checkToken(s secret) error {
+	if err := checkSecret("WEBHOOK_TOKEN", s); err != nil {
+		return err
+	}
+	v := s.value()
+	for i := 0; i < len(v); i++ {
+		if v[i] <= ' ' || v[i] > '~' {
+			return errors.New("WEBHOOK_TOKEN: only printable ASCII characters without spaces")
+		}
+	}
+	if len(v) < minTokenLen {
+		return fmt.Errorf("WEBHOOK_TOKEN: shorter than %d characters", minTokenLen)
+	}
+	return nil
+}
+
+// checkStreamBytes checks a stream's size setting: -1 for no limit, else at
+// least minStreamBytes (0 would silently mean no limit to JetStream).
+func checkStreamBytes(name string, n int64) error {
+	if n != -1 && n < minStreamBytes {
+		return fmt.Errorf("%s: %d is not -1 (no limit) or at least %d (1 MiB)", name, n, minStreamBytes)
+	}
+	return nil
+}
+
+// checkMaxAge checks a stream's age setting: 0 for no limit, else at least the
+// duplicate window, which JetStream cannot hold longer than the messages.
+func (c commonConfig) checkMaxAge(name string, d time.Duration) error {
+	if d < 0 || (d > 0 && d < c.DupWindow) {
+		return fmt.Errorf("%s: %v is not 0 (no limit) or at least STREAM_DUPLICATE_WINDOW (%v)", name, d, c.DupWindow)
+	}
+	return nil
 }
 
 func (c commonConfig) validate() error {
+	if err := checkHostPort("HTTP_ADDR", c.HTTPAddr); err != nil {
+		return err
+	}
+	if c.NATSURL != "" {
+		if err := checkNATSURLs("NATS_URL", c.NATSURL); err != nil {
+			return err
+		}
+	}
 	if !streams.ValidPrefix(c.SubjectPrefix) {
 		return fmt.Errorf("SUBJECT_PREFIX: %q is not one NATS token of [A-Za-z0-9_-]", c.SubjectPrefix)
 	}
-	if c.StreamReplicas < 1 || c.StreamReplicas > 5 {
-		return fmt.Errorf("STREAM_REPLICAS: %d is not between 1 and 5", c.StreamReplicas)
-	}
-	if _, err := zerolog.ParseLevel(c.LogLevel); err != nil || c.LogLevel == "" {
-		return fmt.Errorf("LOG_LEVEL: %q is not one of trace, debug, info, warn, error", c.LogLevel)
-	}
-	if c.LogFormat != "json" && c.LogFormat != "console" {
-		return fmt.Errorf("LOG_FORMAT: %q is not json or console", c.LogFormat)
-	}
-	if c.DupWindow <= 0 {
-		return fmt.Errorf("STREAM_DUPLICATE_WINDOW: must be positive")
-	}
-	if c.ShutdownGrace <= 0 {
-		return fmt.Errorf("SHUTDOWN_GRACE: must be positive")
-	}
-	return c.NATSAuth.validate()
+	return firstErr(
+		intInRange("STREAM_REPLICAS", c.StreamReplicas, 1, 5),
+		inRange("STREAM_DUPLICATE_WINDOW", c.DupWindow, time.Second, 168*time.Hour),
+		c.checkMaxAge("WEBHOOKS_MAX_AGE", c.WebhooksMaxAge),
+		checkStreamBytes("WEBHOOKS_MAX_BYTES", c.WebhooksMaxBytes),
+		c.checkMaxAge("RESULTS_MAX_AGE", c.ResultsMaxAge),
+		checkStreamBytes("RESULTS_MAX_BYTES", c.ResultsMaxBytes),
+		c.checkMaxAge("DLQ_MAX_AGE", c.DLQMaxAge),
+		checkStreamBytes("DLQ_MAX_BYTES", c.DLQMaxBytes),
+		inRange("SHUTDOWN_GRACE", c.ShutdownGrace, time.Second, time.Hour),
+		c.Logging.validate(),
+		c.NATSAuth.validate(),
+	)
 }
 
 func (c commonConfig) limits() streams.Limits {
 	return streams.Limits{
-		Replicas:        c.StreamReplicas,
-		Duplicates:      c.DupWindow,
-		WebhooksMaxAge:  c.WebhooksMaxAge,
-		WebhooksMaxSize: c.WebhooksMaxB,
-		ResultsMaxAge:   c.ResultsMaxAge,
-		ResultsMaxSize:  c.ResultsMaxB,
-		DLQMaxAge:       c.DLQMaxAge,
-		DLQMaxSize:      c.DLQMaxB,
+		Replicas:         c.StreamReplicas,
+		Duplicates:       c.DupWindow,
+		WebhooksMaxAge:   c.WebhooksMaxAge,
+		WebhooksMaxBytes: c.WebhooksMaxBytes,
+		ResultsMaxAge:    c.ResultsMaxAge,
+		ResultsMaxBytes:  c.ResultsMaxBytes,
+		DLQMaxAge:        c.DLQMaxAge,
+		DLQMaxBytes:      c.DLQMaxBytes,
 	}
 }
+
+// maxSyncInterval is nats-server's own default sync interval: longer risks more.
+const maxSyncInterval = 2 * time.Minute
 
 func (c embeddedConfig) syncInterval() (time.Duration, error) {
 	if c.EmbeddedSync == "always" {
 		return 0, nil
 	}
 	d, err := time.ParseDuration(c.EmbeddedSync)
-	if err != nil || d <= 0 {
-		return 0, fmt.Errorf("NATS_EMBEDDED_SYNC: %q is not 'always' or a positive duration", c.EmbeddedSync)
+	if err != nil || d <= 0 || d > maxSyncInterval {
+		return 0, fmt.Errorf("NATS_EMBEDDED_SYNC: %q is not 'always' or a duration from 1ns to %v", c.EmbeddedSync, maxSyncInterval)
 	}
 	return d, nil
 }
 
 func (c embeddedConfig) validate() error {
 	if c.EmbeddedAddr != "-" {
-		if _, _, err := net.SplitHostPort(c.EmbeddedAddr); err != nil {
-			return fmt.Errorf("NATS_EMBEDDED_ADDR: %q is not host:port", c.EmbeddedAddr)
+		if err := checkHostPort("NATS_EMBEDDED_ADDR", c.EmbeddedAddr); err != nil {
+			return err
 		}
 	}
 	if c.DataDir == "" {
@@ -193,6 +348,47 @@ func (c embeddedConfig) validateListen() error {
 	return fmt.Errorf("NATS_EMBEDDED_ADDR: %q listens beyond this machine (%s); use a loopback address such as 127.0.0.1:4222, or set NATS_EMBEDDED_USER and NATS_EMBEDDED_PASSWORD", c.EmbeddedAddr, where)
 }
 
+// checkUse checks what the embedded server needs when it is used (NATS_URL
+// empty): one server holds one replica, and DATA_DIR must take writes. It
+// creates DATA_DIR if need be.
+func (c embeddedConfig) checkUse(common commonConfig) error {
+	if common.NATSURL != "" {
+		return nil
+	}
+	if common.StreamReplicas != 1 {
+		return fmt.Errorf("STREAM_REPLICAS: %d, but the embedded NATS server (NATS_URL empty) is one server: set 1, or NATS_URL to a cluster", common.StreamReplicas)
+	}
+	return checkWritableDir("DATA_DIR", c.DataDir)
+}
+
+// checkWritableDir creates dir if need be and proves that it takes writes by
+// writing and removing a probe file, so that an unusable directory stops the
+// start with the setting's name instead of failing deep inside a store.
+func checkWritableDir(name, dir string) error {
+	cause := func(err error) error {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			return pe.Err
+		}
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return fmt.Errorf("%s: cannot create %q: %v", name, dir, cause(err))
+	}
+	f, err := os.CreateTemp(dir, ".write-probe-*")
+	if err != nil {
+		return fmt.Errorf("%s: cannot write in %q: %v", name, dir, cause(err))
+	}
+	_, werr := f.Write([]byte("probe\n"))
+	serr := f.Sync()
+	cerr := f.Close()
+	rerr := os.Remove(f.Name())
+	if err := firstErr(werr, serr, cerr, rerr); err != nil {
+		return fmt.Errorf("%s: cannot write in %q: %v", name, dir, cause(err))
+	}
+	return nil
+}
+
 func (c ingestConfig) validate(api apiConfig) error {
 	switch c.WebhookAuth {
 	case "api-key":
@@ -207,49 +403,63 @@ func (c ingestConfig) validate(api apiConfig) error {
 	default:
 		return fmt.Errorf("WEBHOOK_AUTH: %q is not api-key, token or none", c.WebhookAuth)
 	}
+	if c.WebhookToken != "" {
+		if err := checkToken(c.WebhookToken); err != nil {
+			return err
+		}
+	}
 	// A malformed WEBHOOK_API_KEY_SHA256 must fail here, before NATS is touched.
 	if _, err := webhookAuth(c, api); err != nil {
 		return err
 	}
-	if c.PublishTimeout <= 0 {
-		return errors.New("INGEST_PUBLISH_TIMEOUT: must be positive")
-	}
-	return nil
+	// Below the HTTP server's 10 s write timeout, so the 503 still gets out.
+	return inRange("INGEST_PUBLISH_TIMEOUT", c.PublishTimeout, 10*time.Millisecond, 9*time.Second)
 }
 
 func (c apiConfig) validate(requireKey bool) error {
 	if requireKey && c.APIKey == "" {
 		return errors.New("VERIFEYE_API_KEY: required to call Get Session Result")
 	}
+	if err := checkSecret("VERIFEYE_API_KEY", c.APIKey); err != nil {
+		return err
+	}
+	if c.APIURL != "" {
+		u, err := url.Parse(c.APIURL)
+		if err != nil {
+			return errors.New("VERIFEYE_API_URL: cannot be parsed as a URL")
+		}
+		shown := *u
+		shown.User, shown.RawQuery, shown.Fragment = nil, "", ""
+		switch {
+		case (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+			return fmt.Errorf("VERIFEYE_API_URL: %q is not an absolute http or https URL", &shown)
+		case u.RawQuery != "" || u.Fragment != "" || u.ForceQuery:
+			return fmt.Errorf("VERIFEYE_API_URL: %q must not have a query or fragment", &shown)
+		}
+	}
 	if c.Region != "eu" && c.Region != "us" {
 		return fmt.Errorf("VERIFEYE_REGION: %q is not eu or us", c.Region)
 	}
-	if c.APITimeout <= 0 {
-		return errors.New("VERIFEYE_API_TIMEOUT: must be positive")
-	}
-	return nil
+	return inRange("VERIFEYE_API_TIMEOUT", c.APITimeout, 100*time.Millisecond, 5*time.Minute)
 }
 
 func (c enrichConfig) validate() error {
-	switch {
-	case c.Concurrency < 1 || c.Concurrency > 1024:
-		return fmt.Errorf("ENRICH_CONCURRENCY: %d is not between 1 and 1024", c.Concurrency)
-	case c.RateLimit < 0:
-		return errors.New("VERIFEYE_RATE_LIMIT: must not be negative")
-	case c.MaxAttempts < 1:
-		return errors.New("ENRICH_MAX_ATTEMPTS: must be at least 1")
-	case !streams.ValidPrefix(c.Consumer):
-		return fmt.Errorf("ENRICH_CONSUMER: %q is not a valid consumer name", c.Consumer)
-	case c.AckWait < time.Second:
-		return errors.New("ENRICH_ACK_WAIT: must be at least 1s")
-	case c.BackoffBase <= 0 || c.BackoffMax < c.BackoffBase:
-		return errors.New("ENRICH_BACKOFF_BASE/ENRICH_BACKOFF_MAX: want 0 < base <= max")
-	case c.NotFoundDelay <= 0 || c.NotFoundAttempts < 1:
-		return errors.New("ENRICH_NOT_FOUND_DELAY/ENRICH_NOT_FOUND_ATTEMPTS: must be positive")
-	case c.AuthRetry <= 0:
-		return errors.New("ENRICH_AUTH_RETRY: must be positive")
+	if r := c.RateLimit; math.IsNaN(r) || (r != 0 && (r < 0.01 || r > maxRateLimit)) {
+		return fmt.Errorf("VERIFEYE_RATE_LIMIT: %v is not 0 (no cap) or between 0.01 and %d", r, maxRateLimit)
 	}
-	return nil
+	if !streams.ValidToken(c.Consumer) {
+		return fmt.Errorf("ENRICH_CONSUMER: %q is not a consumer name of [A-Za-z0-9_-], at most 64", c.Consumer)
+	}
+	return firstErr(
+		intInRange("ENRICH_CONCURRENCY", c.Concurrency, 1, 1024),
+		intInRange("ENRICH_MAX_ATTEMPTS", c.MaxAttempts, 1, maxAttempts),
+		inRange("ENRICH_ACK_WAIT", c.AckWait, time.Second, time.Hour),
+		inRange("ENRICH_BACKOFF_BASE", c.BackoffBase, time.Millisecond, 24*time.Hour),
+		inRange("ENRICH_BACKOFF_MAX", c.BackoffMax, max(c.BackoffBase, time.Millisecond), 24*time.Hour),
+		inRange("ENRICH_NOT_FOUND_DELAY", c.NotFoundDelay, time.Millisecond, 24*time.Hour),
+		intInRange("ENRICH_NOT_FOUND_ATTEMPTS", c.NotFoundAttempts, 1, maxAttempts),
+		inRange("ENRICH_AUTH_RETRY", c.AuthRetry, time.Millisecond, time.Hour),
+	)
 }
 
 // process reads the environment into each of specs, naming the variable on error.

@@ -51,7 +51,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			set()
 		}
 	}
-	log := newLogger(stderr, cfg.common)
+	log := newLogger(stderr, cfg.common.Logging)
 	if cfg.api.APIURL != "" {
 		log.Warn().Msg("VERIFEYE_API_URL is ignored: dev always uses its built-in simulator")
 	}
@@ -72,7 +72,8 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		_ = simSrv.Shutdown(c)
 		<-simDone
 	}()
-	cfg.client, err = verifeye.New("http://"+simLn.Addr().String(), key, verifeye.Options{Timeout: cfg.api.APITimeout, UserAgent: "verifeye-bridge/" + version, HTTPClient: tracedHTTPClient()})
+	var deps serviceDeps
+	deps.client, err = verifeye.New("http://"+simLn.Addr().String(), key, verifeye.Options{Timeout: cfg.api.APITimeout, UserAgent: "verifeye-bridge/" + version, HTTPClient: tracedHTTPClient()})
 	if err != nil {
 		return fmt.Errorf("simulator client: %w", err)
 	}
@@ -81,13 +82,13 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return fmt.Errorf("HTTP_ADDR: %w", err)
 	}
-	cfg.onReady = func(addr string) {
+	deps.onReady = func(addr string) {
 		waitReady(ctx, addr)
 		if ctx.Err() == nil {
 			devBanner(stdout, cfg, addr, key, generated)
 		}
 	}
-	return serve(ctx, cfg, ln, log)
+	return serve(ctx, cfg, deps, ln, log)
 }
 
 // newAPIKey returns a random key for the simulator: 32 hex digits.

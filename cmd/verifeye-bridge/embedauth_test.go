@@ -74,7 +74,7 @@ func startEmbeddedServe(t *testing.T, dataDir, natsAddr, key string, logs *locke
 	cfg.ingest.WebhookAuth, cfg.ingest.WebhookKeyHash = "api-key", ""
 	cfg.api.APIKey, cfg.api.APIURL, cfg.api.APITimeout = secret(key), api.URL, 5*time.Second
 	cfg.enrich.RateLimit, cfg.enrich.BackoffBase = 0, 10*time.Millisecond
-	return startServe(t, cfg, false, zerolog.New(logs).Level(zerolog.DebugLevel))
+	return startServe(t, cfg, serviceDeps{}, false, zerolog.New(logs).Level(zerolog.DebugLevel))
 }
 
 // TestEmbeddedNATSRequiresCredentials: the embedded server refuses clients

@@ -50,8 +50,8 @@ func enrichServe(t *testing.T, ns *natstest.Server, api *verifeyetest.Server) st
 	if err != nil {
 		t.Fatalf("verifeye.New() error = %v", err)
 	}
-	cfg := serviceConfig{name: "serve", embedded: &embeddedConfig{}, ingest: &ingestConfig{}, api: &apiConfig{}, enrich: &enrichConfig{}, client: client}
-	return startServe(t, cfg, true, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel))
+	cfg := serviceConfig{name: "serve", embedded: &embeddedConfig{}, ingest: &ingestConfig{}, api: &apiConfig{}, enrich: &enrichConfig{}}
+	return startServe(t, cfg, serviceDeps{client: client}, true, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel))
 }
 
 // enrichPost posts a webhook as VerifEye does and checks the 202.

@@ -567,7 +567,7 @@ func TestEmbeddedSyncsEveryWrite(t *testing.T) {
 			t.Fatalf("%s: validate: %v", tc.name, err)
 		}
 		zl := zerolog.New(log)
-		conn, err := connect(commonConfig{LogLevel: "info", LogFormat: "json"}, &cfg, "sync-test", zl)
+		conn, err := connect(commonConfig{Logging: Logging{LogLevel: "info", LogFormat: "json"}}, &cfg, "sync-test", zl)
 		if err != nil {
 			t.Fatalf("%s: connect: %v", tc.name, err)
 		}

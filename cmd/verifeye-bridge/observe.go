@@ -3,7 +3,6 @@ package main
 import (
 	"cmp"
 	"context"
-	"errors"
 	"net/http"
 	"runtime"
 	"strings"
@@ -32,14 +31,13 @@ type observeConfig struct {
 	OTelTracesEndpoint string        `envconfig:"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" desc:"full OTLP/HTTP traces URL (instead of the base endpoint); setting it turns span export on"`
 	OTelProtocol       string        `envconfig:"OTEL_EXPORTER_OTLP_PROTOCOL" desc:"http/protobuf, the only OTLP protocol built in"`
 	OTelTracesProtocol string        `envconfig:"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL" desc:"as OTEL_EXPORTER_OTLP_PROTOCOL, for traces"`
-
-	// spanExporter, when set (by tests), turns tracing on with it.
-	spanExporter sdktrace.SpanExporter
 }
 
 func (c observeConfig) validate() error {
-	if c.SampleInterval < 0 {
-		return errors.New("METRICS_SAMPLE_INTERVAL: must not be negative")
+	if c.SampleInterval != 0 { // 0: the default
+		if err := inRange("METRICS_SAMPLE_INTERVAL", c.SampleInterval, 10*time.Millisecond, time.Hour); err != nil {
+			return err
+		}
 	}
 	_, err := c.tracing().Enabled()
 	return err
@@ -61,14 +59,16 @@ func (c observeConfig) tracing() tracing.Config {
 		TracesExporter: c.OTelExporter,
 		Endpoint:       endpoint,
 		Protocol:       protocol,
-		SpanExporter:   c.spanExporter,
 	}
 }
 
 // startTracing builds the tracing that c asks for (nil when off) and returns
-// the function that flushes it; call that once the roles have stopped.
-func startTracing(ctx context.Context, c observeConfig, log zerolog.Logger) (*tracing.Tracing, func(), error) {
-	tr, shutdown, err := tracing.New(ctx, c.tracing())
+// the function that flushes it; call that once the roles have stopped. A
+// non-nil exp turns tracing on with it, whatever c says.
+func startTracing(ctx context.Context, c observeConfig, exp sdktrace.SpanExporter, log zerolog.Logger) (*tracing.Tracing, func(), error) {
+	tc := c.tracing()
+	tc.SpanExporter = exp
+	tr, shutdown, err := tracing.New(ctx, tc)
 	if err != nil {
 		return nil, nil, usageError{err}
 	}

@@ -104,7 +104,7 @@ func obsStart(t *testing.T, o obsOptions) *obsService {
 	cfg.common.NATSURL = s.nats.URL()
 	cfg.common.SubjectPrefix = "verifeye"
 	cfg.common.ShutdownGrace = 10 * time.Second
-	cfg.observe = observeConfig{SampleInterval: o.sampleInterval, spanExporter: o.spanExporter}
+	cfg.observe = observeConfig{SampleInterval: o.sampleInterval}
 	if cfg.observe.SampleInterval == 0 {
 		cfg.observe.SampleInterval = 50 * time.Millisecond
 	}
@@ -122,7 +122,7 @@ func obsStart(t *testing.T, o obsOptions) *obsService {
 			t.Logf("service log:\n%s", s.logs)
 		}
 	})
-	s.url = startServe(t, cfg, false, zerolog.New(s.logs))
+	s.url = startServe(t, cfg, serviceDeps{spanExporter: o.spanExporter}, false, zerolog.New(s.logs))
 	natstest.WaitFor(t, 15*time.Second, func() error {
 		for _, name := range []string{streams.Webhooks, streams.Results, streams.DLQ} {
 			if _, err := s.js.Stream(context.Background(), name); err != nil {

@@ -151,7 +151,7 @@ func cmdVersion(_ context.Context, args []string, stdout, _ io.Writer) error {
 }
 
 // newLogger returns the zerolog logger of LOG_LEVEL and LOG_FORMAT.
-func newLogger(w io.Writer, c commonConfig) zerolog.Logger {
+func newLogger(w io.Writer, c Logging) zerolog.Logger {
 	if c.LogFormat == "console" {
 		w = zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05.000"}
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/rs/zerolog"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/realeyes/verifeye-bridge/bridge"
@@ -32,11 +33,18 @@ type serviceConfig struct {
 	api      *apiConfig
 	enrich   *enrichConfig // serve, dev, enrich
 	observe  observeConfig // METRICS_SAMPLE_INTERVAL, OTEL_*
+}
 
-	// api is the Get Session Result client; nil builds one from api.
+// serviceDeps are what a service is given rather than configured with: dev
+// and the tests supply them. The zero value builds everything from the
+// configuration.
+type serviceDeps struct {
+	// client is the Get Session Result client; nil builds one from the api settings.
 	client enricher.APIClient
 	// onReady, when set, is called once the service is serving.
 	onReady func(httpAddr string)
+	// spanExporter, when set, turns tracing on and receives every span.
+	spanExporter sdktrace.SpanExporter
 }
 
 func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -84,18 +92,18 @@ func (c *serviceConfig) load() error {
 	}
 	check := []func() error{c.common.validate, c.observe.validate}
 	if c.embedded != nil {
-		check = append(check, c.embedded.validate)
+		check = append(check, c.embedded.validate, func() error { return c.embedded.checkUse(c.common) })
 		if c.common.NATSURL == "" {
 			check = append(check, c.embedded.validateListen)
 		}
 	} else if c.common.NATSURL == "" {
 		check = append(check, func() error { return errors.New("NATS_URL: required for " + c.name) })
 	}
+	if c.api != nil {
+		check = append(check, func() error { return c.api.validate(c.enrich != nil) })
+	}
 	if c.ingest != nil {
 		check = append(check, func() error { return c.ingest.validate(*c.api) })
-	}
-	if c.api != nil {
-		check = append(check, func() error { return c.api.validate(c.enrich != nil && c.client == nil) })
 	}
 	if c.enrich != nil {
 		check = append(check, c.enrich.validate)
@@ -116,18 +124,18 @@ func runService(ctx context.Context, cfg serviceConfig, args []string, stdout, s
 	if err := cfg.load(); err != nil {
 		return err
 	}
-	log := newLogger(stderr, cfg.common)
+	log := newLogger(stderr, cfg.common.Logging)
 	ln, err := net.Listen("tcp", cfg.common.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("HTTP_ADDR: %w", err)
 	}
-	return serve(ctx, cfg, ln, log)
+	return serve(ctx, cfg, serviceDeps{}, ln, log)
 }
 
 // serve runs the configured roles on ln until ctx is cancelled, then shuts down
 // gracefully: stop accepting, finish in-flight requests and enrichments, drain
 // NATS, stop the embedded server. It returns nil after a clean shutdown.
-func serve(ctx context.Context, cfg serviceConfig, ln net.Listener, log zerolog.Logger) error {
+func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.Listener, log zerolog.Logger) error {
 	log = log.With().Str("cmd", cfg.name).Logger()
 	subjects, err := streams.NewSubjects(cfg.common.SubjectPrefix)
 	if err != nil {
@@ -152,7 +160,7 @@ func serve(ctx context.Context, cfg serviceConfig, ln net.Listener, log zerolog.
 		ln.Close()
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	tr, stopTracing, err := startTracing(ctx, cfg.observe, log)
+	tr, stopTracing, err := startTracing(ctx, cfg.observe, deps.spanExporter, log)
 	if err != nil {
 		ln.Close()
 		return err
@@ -176,7 +184,7 @@ func serve(ctx context.Context, cfg serviceConfig, ln net.Listener, log zerolog.
 
 	var enr *enricher.Enricher
 	if cfg.enrich != nil {
-		client := cfg.client
+		client := deps.client
 		if client == nil {
 			client, err = newAPIClient(*cfg.api)
 			if err != nil {
@@ -264,8 +272,8 @@ func serve(ctx context.Context, cfg serviceConfig, ln net.Listener, log zerolog.
 	})
 	log.Info().Str("http_addr", ln.Addr().String()).Bool("ingest", cfg.ingest != nil).
 		Bool("enrich", cfg.enrich != nil).Str("version", version).Msg("verifeye-bridge started")
-	if cfg.onReady != nil {
-		cfg.onReady(ln.Addr().String())
+	if deps.onReady != nil {
+		deps.onReady(ln.Addr().String())
 	}
 	err = g.Wait()
 	log.Info().Err(err).Msg("verifeye-bridge stopped")

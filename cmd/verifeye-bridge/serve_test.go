@@ -14,11 +14,11 @@ import (
 	"github.com/realeyes/verifeye-bridge/internal/natstest"
 )
 
-// startServe runs serve(cfg) in-process on a loopback listener until t ends,
+// startServe runs serve(cfg, deps) in-process on a loopback listener until t ends,
 // then cancels it and requires a clean return. It loads cfg from the
 // environment first when load is true. It returns the base URL once /readyz
 // answers 200.
-func startServe(t *testing.T, cfg serviceConfig, load bool, log zerolog.Logger) string {
+func startServe(t *testing.T, cfg serviceConfig, deps serviceDeps, load bool, log zerolog.Logger) string {
 	t.Helper()
 	if load {
 		if err := cfg.load(); err != nil {
@@ -32,7 +32,7 @@ func startServe(t *testing.T, cfg serviceConfig, load bool, log zerolog.Logger) 
 	base := "http://" + ln.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- serve(ctx, cfg, ln, log) }()
+	go func() { done <- serve(ctx, cfg, deps, ln, log) }()
 	t.Cleanup(func() {
 		cancel()
 		select {

@@ -18,27 +18,22 @@ import (
 
 // simulatorConfig is read by simulator.
 type simulatorConfig struct {
-	HTTPAddr  string        `envconfig:"HTTP_ADDR" default:":8080" desc:"simulator listen address"`
-	APIKey    secret        `envconfig:"VERIFEYE_API_KEY" desc:"the API key the simulator accepts (Authorization: ApiKey <key>); required"`
-	Latency   time.Duration `envconfig:"SIMULATOR_LATENCY" default:"0s" desc:"delay added to every 200 answer, to imitate a slower API"`
-	LogLevel  string        `envconfig:"LOG_LEVEL" default:"info" desc:"trace, debug, info, warn or error"`
-	LogFormat string        `envconfig:"LOG_FORMAT" default:"json" desc:"json, or console for humans"`
+	HTTPAddr string        `envconfig:"HTTP_ADDR" default:":8080" desc:"simulator listen address"`
+	APIKey   secret        `envconfig:"VERIFEYE_API_KEY" desc:"the API key the simulator accepts (Authorization: ApiKey <key>); required"`
+	Latency  time.Duration `envconfig:"SIMULATOR_LATENCY" default:"0s" desc:"delay added to every 200 answer, to imitate a slower API: 0 to 1m"`
+	Logging
 }
 
 func (c simulatorConfig) validate() error {
 	if c.APIKey == "" {
 		return errors.New("VERIFEYE_API_KEY: required (the key the simulator accepts)")
 	}
-	if c.Latency < 0 {
-		return errors.New("SIMULATOR_LATENCY: must not be negative")
-	}
-	if _, err := zerolog.ParseLevel(c.LogLevel); err != nil || c.LogLevel == "" {
-		return fmt.Errorf("LOG_LEVEL: %q is not one of trace, debug, info, warn, error", c.LogLevel)
-	}
-	if c.LogFormat != "json" && c.LogFormat != "console" {
-		return fmt.Errorf("LOG_FORMAT: %q is not json or console", c.LogFormat)
-	}
-	return nil
+	return firstErr(
+		checkHostPort("HTTP_ADDR", c.HTTPAddr),
+		checkSecret("VERIFEYE_API_KEY", c.APIKey),
+		inRange("SIMULATOR_LATENCY", c.Latency, 0, time.Minute),
+		c.Logging.validate(),
+	)
 }
 
 // cmdSimulator serves the VerifEye simulator (package verifeyetest) alone, so a
@@ -63,7 +58,7 @@ func cmdSimulator(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err := cfg.validate(); err != nil {
 		return usageError{err}
 	}
-	log := newLogger(stderr, commonConfig{LogLevel: cfg.LogLevel, LogFormat: cfg.LogFormat}).
+	log := newLogger(stderr, cfg.Logging).
 		With().Str("cmd", "simulator").Logger()
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {

@@ -50,7 +50,7 @@ func (c *toolConfig) load() (streams.Subjects, error) {
 			return streams.Subjects{}, usagef("DATA_DIR: %v", err)
 		}
 	}
-	if err := c.NATSAuth.validate(); err != nil {
+	if err := firstErr(checkNATSURLs("NATS_URL", c.NATSURL), c.NATSAuth.validate()); err != nil {
 		return streams.Subjects{}, usageError{err}
 	}
 	s, err := streams.NewSubjects(c.SubjectPrefix)

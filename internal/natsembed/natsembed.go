@@ -42,7 +42,9 @@ type Options struct {
 	Log zerolog.Logger
 }
 
-// Start starts a server and waits until it accepts connections. The caller must
+// Start starts a server and waits until it accepts connections, for at most
+// 30 s. A server that cannot start (JetStream refusing its store, a port in
+// use) makes Start return the server's own reason at once. The caller must
 // call Shutdown on it (which also waits for it to stop).
 func Start(opts Options) (*server.Server, error) {
 	so, err := serverOptions(opts)
@@ -53,12 +55,22 @@ func Start(opts Options) (*server.Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("natsembed: new server: %w", err)
 	}
-	ns.SetLoggerV2(logger{opts.Log}, false, false, false)
+	// A fatal error ends the server's start without it ever becoming ready;
+	// the embedded server must not exit the process, so Fatalf reports here.
+	fatal := make(chan string, 1)
+	ns.SetLoggerV2(logger{l: opts.Log, fatal: fatal}, false, false, false)
 	go ns.Start()
-	if !ns.ReadyForConnections(30 * time.Second) {
-		ns.Shutdown()
-		ns.WaitForShutdown()
-		return nil, errors.New("natsembed: server not ready for connections within 30s")
+	for deadline := time.Now().Add(30 * time.Second); !ns.ReadyForConnections(100 * time.Millisecond); {
+		select {
+		case msg := <-fatal:
+			Shutdown(ns)
+			return nil, fmt.Errorf("natsembed: %s", msg)
+		default:
+		}
+		if time.Now().After(deadline) {
+			Shutdown(ns)
+			return nil, errors.New("natsembed: server not ready for connections within 30s")
+		}
 	}
 	return ns, nil
 }
@@ -118,12 +130,29 @@ func serverOptions(opts Options) (*server.Options, error) {
 	return so, nil
 }
 
-// logger adapts the server's logger to zerolog.
-type logger struct{ l zerolog.Logger }
+// logger adapts the server's logger to zerolog. The first fatal message also
+// goes to fatal, when set.
+type logger struct {
+	l     zerolog.Logger
+	fatal chan<- string
+}
 
 func (g logger) Noticef(f string, v ...any) { g.l.Info().Str("component", "nats-server").Msgf(f, v...) }
 func (g logger) Warnf(f string, v ...any)   { g.l.Warn().Str("component", "nats-server").Msgf(f, v...) }
-func (g logger) Fatalf(f string, v ...any)  { g.l.Error().Str("component", "nats-server").Msgf(f, v...) }
+func (g logger) Fatalf(f string, v ...any)  { g.fatalf(f, v...) }
 func (g logger) Errorf(f string, v ...any)  { g.l.Error().Str("component", "nats-server").Msgf(f, v...) }
 func (g logger) Debugf(f string, v ...any)  { g.l.Debug().Str("component", "nats-server").Msgf(f, v...) }
 func (g logger) Tracef(f string, v ...any)  { g.l.Trace().Str("component", "nats-server").Msgf(f, v...) }
+
+// fatalf logs a fatal message as an error and passes it to fatal, unless one
+// is there already.
+func (g logger) fatalf(f string, v ...any) {
+	g.l.Error().Str("component", "nats-server").Msgf(f, v...)
+	if g.fatal == nil {
+		return
+	}
+	select {
+	case g.fatal <- fmt.Sprintf(f, v...):
+	default:
+	}
+}

@@ -88,7 +88,12 @@ func ValidSessionID(s string) bool {
 }
 
 // ValidPrefix reports whether s may be the SUBJECT_PREFIX (one NATS token): ^[A-Za-z0-9_-]{1,64}$.
-func ValidPrefix(s string) bool { return len(s) >= 1 && len(s) <= 64 && all(s, tokenByte) }
+func ValidPrefix(s string) bool { return ValidToken(s) }
+
+// ValidToken reports whether s is a plain token, safe as one NATS subject token,
+// a consumer name or a header value read back from a stream (such as the
+// HeaderReplay marker): ^[A-Za-z0-9_-]{1,64}$.
+func ValidToken(s string) bool { return len(s) >= 1 && len(s) <= 64 && all(s, tokenByte) }
 
 func all(s string, ok func(byte) bool) bool {
 	for i := 0; i < len(s); i++ {
@@ -154,7 +159,7 @@ func (s Subjects) DLQ(source, event string) string {
 	return s.prefix + ".dlq." + source + "." + event
 }
 
-// WebhooksAll, ResultsAll and DLQAll are the wildcard subjects of the three streams.
+// WebhooksAll is the wildcard subject of the webhooks stream.
 func (s Subjects) WebhooksAll() string { return s.prefix + ".webhook.>" }
 
 // ResultsAll is the wildcard subject of the results stream.
@@ -249,26 +254,26 @@ func ParseSeq(v string) (uint64, bool) {
 type Limits struct {
 	Replicas int
 	// Duplicates is the de-duplication window of the webhooks and results streams.
-	Duplicates      time.Duration
-	WebhooksMaxAge  time.Duration
-	WebhooksMaxSize int64
-	ResultsMaxAge   time.Duration
-	ResultsMaxSize  int64
-	DLQMaxAge       time.Duration
-	DLQMaxSize      int64
+	Duplicates       time.Duration
+	WebhooksMaxAge   time.Duration
+	WebhooksMaxBytes int64
+	ResultsMaxAge    time.Duration
+	ResultsMaxBytes  int64
+	DLQMaxAge        time.Duration
+	DLQMaxBytes      int64
 }
 
 // DefaultLimits returns the defaults of the documented settings.
 func DefaultLimits() Limits {
 	return Limits{
-		Replicas:        1,
-		Duplicates:      10 * time.Minute,
-		WebhooksMaxAge:  7 * 24 * time.Hour,
-		WebhooksMaxSize: 1 << 30,
-		ResultsMaxAge:   7 * 24 * time.Hour,
-		ResultsMaxSize:  1 << 30,
-		DLQMaxAge:       30 * 24 * time.Hour,
-		DLQMaxSize:      256 << 20,
+		Replicas:         1,
+		Duplicates:       10 * time.Minute,
+		WebhooksMaxAge:   7 * 24 * time.Hour,
+		WebhooksMaxBytes: 1 << 30,
+		ResultsMaxAge:    7 * 24 * time.Hour,
+		ResultsMaxBytes:  1 << 30,
+		DLQMaxAge:        30 * 24 * time.Hour,
+		DLQMaxBytes:      256 << 20,
 	}
 }
 
@@ -292,7 +297,7 @@ func Configs(s Subjects, l Limits) []jetstream.StreamConfig {
 		Storage:     jetstream.FileStorage,
 		Replicas:    l.Replicas,
 		MaxAge:      l.WebhooksMaxAge,
-		MaxBytes:    l.WebhooksMaxSize,
+		MaxBytes:    l.WebhooksMaxBytes,
 		// A full stream refuses new webhooks (the ingest answers 503) instead of
 		// silently dropping ones not enriched yet.
 		Discard:     jetstream.DiscardNew,
@@ -307,7 +312,7 @@ func Configs(s Subjects, l Limits) []jetstream.StreamConfig {
 		Storage:     jetstream.FileStorage,
 		Replicas:    l.Replicas,
 		MaxAge:      l.ResultsMaxAge,
-		MaxBytes:    l.ResultsMaxSize,
+		MaxBytes:    l.ResultsMaxBytes,
 		Discard:     jetstream.DiscardOld,
 		Duplicates:  dup(l.ResultsMaxAge),
 		AllowDirect: true,
@@ -319,7 +324,7 @@ func Configs(s Subjects, l Limits) []jetstream.StreamConfig {
 		Storage:     jetstream.FileStorage,
 		Replicas:    l.Replicas,
 		MaxAge:      l.DLQMaxAge,
-		MaxBytes:    l.DLQMaxSize,
+		MaxBytes:    l.DLQMaxBytes,
 		Discard:     jetstream.DiscardOld,
 		Duplicates:  dup(l.DLQMaxAge),
 		AllowDirect: true,

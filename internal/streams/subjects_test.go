@@ -232,6 +232,7 @@ func TestValidatorsMatchTheirExpressions(t *testing.T) {
 		{"ValidSessionID", streams.ValidSessionID, regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)},
 		{"ValidPrefix", streams.ValidPrefix, regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)},
 		{"ValidOutcome", streams.ValidOutcome, regexp.MustCompile(`^[a-z][a-z0-9_-]{0,31}$`)},
+		{"ValidToken", streams.ValidToken, regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)},
 	}
 	inputs := []string{"", "a", "A", "0", "_", "-", "a.b", "a b", "a*", ">", "é", "\x00", "\x7f",
 		strings.Repeat("a", 64), strings.Repeat("a", 65), "Aa0_-", "@", "[", "`", "{", "/", ":", "G", "g",
