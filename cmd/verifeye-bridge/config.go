@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -49,8 +50,9 @@ func (c NATSAuth) validate() error {
 
 // commonConfig is read by every subcommand that talks to NATS.
 type commonConfig struct {
-	HTTPAddr string `envconfig:"HTTP_ADDR" default:":8080" desc:"HTTP listen address (ingest, or the enricher's health and metrics)"`
-	NATSURL  string `envconfig:"NATS_URL" desc:"NATS server URL(s), comma-separated; empty in serve/dev starts an embedded server"`
+	HTTPAddr     string `envconfig:"HTTP_ADDR" default:":8080" desc:"HTTP listen address (ingest, or the enricher's health and metrics)"`
+	HTTPMaxConns int    `envconfig:"HTTP_MAX_CONNS" default:"1024" desc:"most HTTP connections served at once; more wait to be accepted"`
+	NATSURL      string `envconfig:"NATS_URL" desc:"NATS server URL(s), comma-separated; empty in serve/dev starts an embedded server"`
 	NATSAuth
 	SubjectPrefix  string        `envconfig:"SUBJECT_PREFIX" default:"verifeye" desc:"first token of every subject"`
 	StreamReplicas int           `envconfig:"STREAM_REPLICAS" default:"1" desc:"JetStream replicas of the streams the bridge creates (1, 3 or 5)"`
@@ -79,6 +81,7 @@ type ingestConfig struct {
 	WebhookKeyHash string        `envconfig:"WEBHOOK_API_KEY_SHA256" desc:"hex SHA-256 of the API key, so an ingest-only replica need not hold the key; comma-separated to accept an old and a new key while rotating"`
 	WebhookToken   secret        `envconfig:"WEBHOOK_TOKEN" desc:"token expected as ?token= or Authorization: Bearer when WEBHOOK_AUTH=token"`
 	PublishTimeout time.Duration `envconfig:"INGEST_PUBLISH_TIMEOUT" default:"3s" desc:"longest wait for JetStream's acknowledgement before answering 503"`
+	TrustedProxies string        `envconfig:"HTTP_TRUSTED_PROXIES" desc:"comma-separated CIDRs of proxies whose X-Forwarded-For or X-Real-IP is logged as the remote address; empty trusts none"`
 }
 
 // apiConfig is read by every subcommand that calls or checks the VerifEye API key.
@@ -121,6 +124,9 @@ func (c commonConfig) validate() error {
 	}
 	if c.ShutdownGrace <= 0 {
 		return fmt.Errorf("SHUTDOWN_GRACE: must be positive")
+	}
+	if c.HTTPMaxConns < 1 {
+		return fmt.Errorf("HTTP_MAX_CONNS: %d is not at least 1", c.HTTPMaxConns)
 	}
 	return c.NATSAuth.validate()
 }
@@ -183,7 +189,30 @@ func (c ingestConfig) validate(api apiConfig) error {
 	if c.PublishTimeout <= 0 {
 		return errors.New("INGEST_PUBLISH_TIMEOUT: must be positive")
 	}
-	return nil
+	_, err := parseCIDRs(c.TrustedProxies)
+	return err
+}
+
+// trustedProxies returns HTTP_TRUSTED_PROXIES, checked by validate.
+func (c ingestConfig) trustedProxies() []*net.IPNet {
+	n, _ := parseCIDRs(c.TrustedProxies)
+	return n
+}
+
+// parseCIDRs parses a comma-separated list of CIDRs; an empty list is none.
+func parseCIDRs(s string) ([]*net.IPNet, error) {
+	var out []*net.IPNet
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		_, n, err := net.ParseCIDR(f)
+		if err != nil {
+			return nil, fmt.Errorf("HTTP_TRUSTED_PROXIES: %q is not a CIDR such as 10.0.0.0/8", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 func (c apiConfig) validate(requireKey bool) error {

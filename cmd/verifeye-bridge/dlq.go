@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -79,10 +78,7 @@ func readDLQEntry(s streams.Subjects, msg jetstream.Msg, meta *jetstream.MsgMeta
 		lastStatus: h.Get(streams.HeaderLastStatus), attempts: h.Get(streams.HeaderAttempts),
 	}
 	_, e.source, e.event, _ = s.Parse(msg.Subject())
-	var wh struct {
-		SessionID string `json:"verificationSessionId"`
-	}
-	if json.Unmarshal(msg.Data(), &wh) == nil && streams.ValidSessionID(wh.SessionID) {
+	if wh, err := streams.ParseWebhook(msg.Data()); err == nil {
 		e.session = wh.SessionID
 	}
 	// Redrive to the subject the webhook came from; rebuild it from the DLQ

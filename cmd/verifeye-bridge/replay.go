@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -82,10 +81,8 @@ func cmdReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			skipped["earlier replays"]++
 			return nil
 		}
-		var wh struct {
-			SessionID string `json:"verificationSessionId"`
-		}
-		if json.Unmarshal(m.Data(), &wh) != nil || !streams.ValidSessionID(wh.SessionID) {
+		wh, err := streams.ParseWebhook(m.Data())
+		if err != nil {
 			skipped["not a webhook with a session ID"]++
 			return nil
 		}

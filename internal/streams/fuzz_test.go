@@ -1,4 +1,4 @@
-package bridge_test
+package streams_test
 
 import (
 	"encoding/json"
@@ -7,7 +7,6 @@ import (
 	"testing"
 	"unicode"
 
-	"github.com/realeyes/verifeye-bridge/bridge"
 	"github.com/realeyes/verifeye-bridge/internal/streams"
 )
 
@@ -15,6 +14,8 @@ import (
 // ParseWebhook accepts a body, the body is one valid JSON value, the webhook
 // subject for any valid source is four clean NATS tokens that parse back, and
 // the message ID round-trips to the event and the lower-cased session ID.
+// Whatever Go's case-insensitive struct decoding (how stored webhooks used to be
+// read back) makes of an accepted body, it is the same event and session.
 // Whenever it rejects a body, the error is a *ValidationError with a code.
 func FuzzParseWebhook(f *testing.F) {
 	seeds := []struct{ body, source string }{
@@ -30,6 +31,8 @@ func FuzzParseWebhook(f *testing.F) {
 		{`[]`, "default"},
 		{`null`, "Shop"},
 		{``, ""},
+		{`{"event":"VerificationCompleted","verificationSessionId":"3f2a9c1e-0000-4000-8000-000000000001","VERIFICATIONSESSIONID":"3f2a9c1e-0000-4000-8000-000000000002"}`, "default"},
+		{`{"event":"VerificationCompleted","verificationSessionId":"3f2a9c1e-0000-4000-8000-000000000001","verificationSeſſionId":"3f2a9c1e-0000-4000-8000-000000000002"}`, "default"},
 	}
 	for _, s := range seeds {
 		f.Add([]byte(s.body), s.source)
@@ -39,16 +42,23 @@ func FuzzParseWebhook(f *testing.F) {
 		f.Fatalf("NewSubjects: %v", err)
 	}
 	f.Fuzz(func(t *testing.T, body []byte, source string) {
-		w, err := bridge.ParseWebhook(body)
+		w, err := streams.ParseWebhook(body)
 		if err != nil {
-			var ve *bridge.ValidationError
-			if !errors.As(err, &ve) || !errors.Is(err, bridge.ErrInvalidWebhook) || ve.Code == "" || ve.Message == "" {
+			var ve *streams.ValidationError
+			if !errors.As(err, &ve) || !errors.Is(err, streams.ErrInvalidWebhook) || ve.Code == "" || ve.Message == "" {
 				t.Fatalf("ParseWebhook(%q) error = %#v, want a *ValidationError with a code and message wrapping ErrInvalidWebhook", body, err)
 			}
 			return
 		}
 		if !json.Valid(body) {
 			t.Fatalf("ParseWebhook(%q) accepted a body that is not valid JSON", body)
+		}
+		var loose struct {
+			Event     string `json:"event"`
+			SessionID string `json:"verificationSessionId"`
+		}
+		if err := json.Unmarshal(body, &loose); err != nil || loose.Event != w.Event || loose.SessionID != w.SessionID {
+			t.Fatalf("ParseWebhook(%q) = %+v, but struct decoding reads %+v, %v", body, w, loose, err)
 		}
 		if !streams.ValidSource(source) {
 			source = streams.DefaultSource
