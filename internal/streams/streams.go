@@ -341,8 +341,8 @@ func Ready(ctx context.Context, nc *nats.Conn, js jetstream.JetStream) error {
 }
 
 // HasRoom reports whether the webhooks stream can take one more webhook of the
-// largest size: the stream is under its MaxBytes and the account under its
-// storage limit. It is the probe that ends a storage refusal of the ingest;
+// largest size (or, in a stream smaller than twice that, has half its bytes
+// free) and the account is that far under its storage limit. It is the probe that ends a storage refusal of the ingest;
 // it writes nothing, so a refusal it cannot see (a failing disk) ends only
 // with a webhook stored again. It is safe for concurrent use.
 func HasRoom(ctx context.Context, js jetstream.JetStream) error {
@@ -352,7 +352,7 @@ func HasRoom(ctx context.Context, js jetstream.JetStream) error {
 	}
 	info := st.CachedInfo()
 	need := int64(MaxWebhookBytes + MaxWebhookHeaderBytes)
-	if max := info.Config.MaxBytes; max > 0 && int64(info.State.Bytes)+need > max {
+	if max := info.Config.MaxBytes; max > 0 && int64(info.State.Bytes)+min(need, max/2) > max {
 		return fmt.Errorf("streams: stream %s is full (%d of %d bytes)", Webhooks, info.State.Bytes, max)
 	}
 	acc, err := js.AccountInfo(ctx)
