@@ -1,6 +1,7 @@
 package streams_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -60,6 +61,9 @@ func FuzzParseWebhook(f *testing.F) {
 		if err := json.Unmarshal(body, &loose); err != nil || loose.Event != w.Event || loose.SessionID != w.SessionID {
 			t.Fatalf("ParseWebhook(%q) = %+v, but struct decoding reads %+v, %v", body, w, loose, err)
 		}
+		if key, ok := repeatedKey(body); ok {
+			t.Fatalf("ParseWebhook(%q) accepted a body that gives the key %q twice, or in two cases", body, key)
+		}
 		if !streams.ValidSource(source) {
 			source = streams.DefaultSource
 		}
@@ -92,4 +96,36 @@ func FuzzParseWebhook(f *testing.F) {
 // the bridge builds.
 func badRune(r rune) bool {
 	return r > unicode.MaxASCII || unicode.IsSpace(r) || unicode.IsControl(r)
+}
+
+// repeatedKey reads the top-level keys of an accepted body token by token and
+// returns one that is given twice, or a case variant of event or
+// verificationSessionId, as Go's case-insensitive decoding folds keys.
+func repeatedKey(body []byte) (string, bool) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if _, err := dec.Token(); err != nil {
+		return "", false
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return "", false
+		}
+		key, _ := tok.(string)
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return "", false
+		}
+		for _, c := range []string{"event", "verificationSessionId"} {
+			if key != c && strings.EqualFold(key, c) {
+				return key, true
+			}
+		}
+		if seen[key] {
+			return key, true
+		}
+		seen[key] = true
+	}
+	return "", false
 }

@@ -62,53 +62,33 @@ func ParseWebhook(body []byte) (Webhook, error) {
 		return Webhook{}, invalid("invalid_json", "request body must be a JSON object")
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
-	if _, err := dec.Token(); err != nil { // the '{'
-		return Webhook{}, invalid("invalid_json", "request body is not valid JSON: %v", err)
-	}
-	var (
-		w               Webhook
-		seen            = make(map[string]bool, 4)
-		hasEvent, hasID bool
-		eventRaw, idRaw json.RawMessage
-	)
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return Webhook{}, invalid("invalid_json", "request body is not valid JSON: %v", err)
-		}
-		key, _ := tok.(string) // the decoder allows only strings as keys
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); err != nil {
-			return Webhook{}, invalid("invalid_json", "request body is not valid JSON: %v", err)
-		}
-		if seen[key] {
-			return Webhook{}, invalid("invalid_json", "key %q appears twice", truncate(key))
-		}
-		seen[key] = true
-		switch {
-		case key == keyEvent:
-			hasEvent, eventRaw = true, raw
-		case key == keySessionID:
-			hasID, idRaw = true, raw
-		case strings.EqualFold(key, keyEvent), strings.EqualFold(key, keySessionID):
-			// A case variant would be read as the contract's key by a
-			// case-insensitive decoder: one reader would see another session.
-			return Webhook{}, invalid("invalid_field", "key %q differs from a field of the contract only in case", truncate(key))
-		}
-	}
-	if _, err := dec.Token(); err != nil { // the '}'
+	var fields map[string]json.RawMessage
+	if err := dec.Decode(&fields); err != nil {
 		return Webhook{}, invalid("invalid_json", "request body is not valid JSON: %v", err)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return Webhook{}, invalid("invalid_json", "request body must be exactly one JSON object: data follows it")
 	}
-	if err := stringField(keyEvent, hasEvent, eventRaw, &w.Event); err != nil {
+	// The map keeps one value per key: more keys in the body than in the map
+	// means a key was given twice, and readers differ on which value counts.
+	if topLevelKeys(body) != len(fields) {
+		return Webhook{}, invalid("invalid_json", "a key appears twice in the object")
+	}
+	for k := range fields {
+		if k != keyEvent && k != keySessionID && (strings.EqualFold(k, keyEvent) || strings.EqualFold(k, keySessionID)) {
+			// A case variant would be read as the contract's key by a
+			// case-insensitive decoder: one reader would see another session.
+			return Webhook{}, invalid("invalid_field", "key %q differs from a field of the contract only in case", truncate(k))
+		}
+	}
+	var w Webhook
+	if err := stringField(fields, keyEvent, &w.Event); err != nil {
 		return Webhook{}, err
 	}
 	if !ValidEvent(w.Event) {
 		return Webhook{}, invalid("invalid_event", "event %q is not a valid event name: want [A-Za-z][A-Za-z0-9_-]{0,63}", truncate(w.Event))
 	}
-	if err := stringField(keySessionID, hasID, idRaw, &w.SessionID); err != nil {
+	if err := stringField(fields, keySessionID, &w.SessionID); err != nil {
 		return Webhook{}, err
 	}
 	if !ValidSessionID(w.SessionID) {
@@ -117,7 +97,36 @@ func ParseWebhook(body []byte) (Webhook, error) {
 	return w, nil
 }
 
-func stringField(name string, ok bool, raw json.RawMessage, dst *string) error {
+// topLevelKeys counts the keys of the outermost object of body, which must be
+// valid JSON. It allocates nothing.
+func topLevelKeys(body []byte) int {
+	n, depth, expectKey := 0, 0, false
+	for i := 0; i < len(body); i++ {
+		switch body[i] {
+		case '{', '[':
+			depth++
+			expectKey = depth == 1
+		case '}', ']':
+			depth--
+		case ',':
+			expectKey = depth == 1
+		case '"':
+			for i++; i < len(body) && body[i] != '"'; i++ {
+				if body[i] == '\\' {
+					i++
+				}
+			}
+			if expectKey {
+				n++
+				expectKey = false
+			}
+		}
+	}
+	return n
+}
+
+func stringField(fields map[string]json.RawMessage, name string, dst *string) error {
+	raw, ok := fields[name]
 	if !ok {
 		return invalid("missing_field", "field %q is required", name)
 	}
