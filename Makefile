@@ -41,7 +41,7 @@ bench: build
 .PHONY: bench-profile
 bench-profile:
 	@mkdir -p bin
-	$(GO) test -run '^$$' -bench 'Ingest/handler' -benchtime 5s -cpuprofile bin/ingest.cpu.out -o bin/bridge.test ./bridge/
+	$(GO) test -run '^$$' -bench 'Ingest/handler' -benchtime 5s -cpuprofile bin/ingest.cpu.out -o bin/bridge.test ./internal/streams/
 	$(GO) tool pprof -top -cum -nodecount 40 -focus 'bridge\.' bin/bridge.test bin/ingest.cpu.out
 
 # Go benchmarks (each reports its ratio against a ceiling measured in the same run).
@@ -50,7 +50,7 @@ bench-go:
 
 FUZZTIME ?= 30s
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzParseWebhook -fuzztime $(FUZZTIME) ./bridge/
+	$(GO) test -run '^$$' -fuzz FuzzParseWebhook -fuzztime $(FUZZTIME) ./internal/streams/
 
 # staticcheck at a pinned version, fetched through the module proxy on first use;
 # staticcheck.conf enables every check.

@@ -10,19 +10,21 @@ import (
 	"errors"
 	"io"
 	"mime"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/labstack/echo/v4"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 	"go.opentelemetry.io/otel/attribute"
 
+	"github.com/realeyes/verifeye-bridge/internal/ops"
 	"github.com/realeyes/verifeye-bridge/internal/streams"
 	"github.com/realeyes/verifeye-bridge/internal/tracing"
 )
@@ -31,14 +33,6 @@ import (
 // jetstream.JetStream implements it.
 type Publisher interface {
 	PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error)
-}
-
-// Check is one readiness check of /readyz. A failing Critical check makes
-// /readyz answer 503; a failing non-critical one is only reported in the body.
-type Check struct {
-	Name     string
-	Critical bool
-	Func     func(ctx context.Context) error
 }
 
 // Options tune the ingest. The zero value works, but for Auth: the zero Auth
@@ -51,24 +45,35 @@ type Options struct {
 	// PublishTimeout bounds the wait for JetStream's acknowledgement, after which
 	// the answer is 503 so that VerifEye's one retry still has a chance. 3 s by default.
 	PublishTimeout time.Duration
-	// Checks are run by GET /readyz.
-	Checks []Check
-	// Registerer receives the ingest's Prometheus collectors and Gatherer serves
-	// GET /metrics; both default to a new registry.
+	// Registerer receives the ingest's Prometheus collectors; nil means a new
+	// registry nobody reads.
 	Registerer prometheus.Registerer
-	Gatherer   prometheus.Gatherer
-	// DisableWebhooks leaves out the webhook routes (the enricher's own server).
-	DisableWebhooks bool
 	// Tracing records a span per webhook; nil records none. Either way the
 	// webhook message carries a traceparent: the request's trace continued, or
 	// a new one.
 	Tracing *tracing.Tracing
+	// TrustedProxies are the peers whose X-Forwarded-For or X-Real-IP is
+	// believed for the remote address in log lines; empty believes none and
+	// logs the peer address.
+	TrustedProxies []*net.IPNet
+	// Probe reports whether the webhooks stream has room again after JetStream
+	// refused to store a webhook; Ready calls it while storage is refusing. Nil
+	// leaves only a stored webhook to end the refusal.
+	Probe func(ctx context.Context) error
 }
 
-// New returns the ingest handler: POST /webhooks/verifeye[/{source}], GET
-// /healthz, /readyz and /metrics. Every error answer is a JSON object
-// {"error","message"}. pub is used concurrently.
-func New(pub Publisher, log zerolog.Logger, opts Options) http.Handler {
+// Handler is the ingest: POST /webhooks/verifeye[/{source}]. Every other
+// route is answered 404 or 405 with a JSON error body. It is safe for
+// concurrent use.
+type Handler struct {
+	http.Handler
+	h *handler
+}
+
+// New returns the ingest handler. Every error answer is a JSON object
+// {"error","message"}. pub is used concurrently. Health, readiness and
+// metrics are served beside it (see internal/ops), not by it.
+func New(pub Publisher, log zerolog.Logger, opts Options) *Handler {
 	if opts.Subjects == (streams.Subjects{}) {
 		opts.Subjects, _ = streams.NewSubjects("verifeye")
 	}
@@ -76,29 +81,45 @@ func New(pub Publisher, log zerolog.Logger, opts Options) http.Handler {
 		opts.PublishTimeout = 3 * time.Second
 	}
 	if opts.Registerer == nil {
-		reg := prometheus.NewRegistry()
-		opts.Registerer, opts.Gatherer = reg, reg
+		opts.Registerer = prometheus.NewRegistry()
 	}
-	if opts.Gatherer == nil {
-		opts.Gatherer = prometheus.DefaultGatherer
-	}
-	h := &handler{pub: pub, log: log, opts: opts}
+	h := &handler{pub: pub, log: log, opts: opts, metrics: newMetrics(opts.Registerer)}
 
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = h.httpError
-	if !opts.DisableWebhooks {
-		h.metrics = newMetrics(opts.Registerer)
-		e.POST("/webhooks/verifeye", h.webhook)
-		e.POST("/webhooks/verifeye/:source", h.webhook)
+	e.IPExtractor = remoteIP(opts.TrustedProxies)
+	e.POST("/webhooks/verifeye", h.webhook)
+	e.POST("/webhooks/verifeye/:source", h.webhook)
+	return &Handler{Handler: e, h: h}
+}
+
+// Ready reports whether JetStream is storing webhooks: an error from the time
+// it refused one (stream full, storage failed, resources exhausted) until a
+// webhook is stored again or the Probe finds room. It is the readiness check
+// "storage" and safe for concurrent use.
+func (h *Handler) Ready(ctx context.Context) error {
+	return h.h.storageReady(ctx)
+}
+
+// remoteIP returns the echo.IPExtractor for the remote address of log lines:
+// the peer's address, or what a trusted proxy says it forwarded for.
+func remoteIP(trusted []*net.IPNet) echo.IPExtractor {
+	direct := echo.ExtractIPDirect()
+	if len(trusted) == 0 {
+		return direct
 	}
-	e.GET("/healthz", func(c echo.Context) error {
-		return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
-	})
-	e.GET("/readyz", h.readyz)
-	metricsHandler := promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{})
-	e.GET("/metrics", echo.WrapHandler(metricsHandler))
-	return e
+	opts := []echo.TrustOption{echo.TrustLoopback(false), echo.TrustLinkLocal(false), echo.TrustPrivateNet(false)}
+	for _, n := range trusted {
+		opts = append(opts, echo.TrustIPRange(n))
+	}
+	xff, realIP := echo.ExtractIPFromXFFHeader(opts...), echo.ExtractIPFromRealIPHeader(opts...)
+	return func(r *http.Request) string {
+		if r.Header.Get(echo.HeaderXForwardedFor) != "" {
+			return xff(r)
+		}
+		return realIP(r)
+	}
 }
 
 type handler struct {
@@ -106,6 +127,8 @@ type handler struct {
 	log     zerolog.Logger
 	opts    Options
 	metrics *metrics
+
+	refusing atomic.Pointer[string] // why JetStream refused the last webhook; nil while it stores them
 }
 
 // apiError is an answer other than 202. It is turned into the JSON error body in
@@ -122,6 +145,17 @@ func (e *apiError) Error() string { return e.code + ": " + e.message }
 // Unwrap returns the cause, so the log line says why (stream full, timeout, …).
 func (e *apiError) Unwrap() error { return e.cause }
 
+// asAPIError maps any error to its answer: an *apiError as it is, anything
+// else 500 internal (so that no error is ever left without an answer).
+func asAPIError(err error) *apiError {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		return ae
+	}
+	code, message := ops.ErrorCode(http.StatusInternalServerError)
+	return &apiError{http.StatusInternalServerError, code, message, err}
+}
+
 func (h *handler) webhook(c echo.Context) error {
 	start := time.Now()
 	r := c.Request()
@@ -130,7 +164,7 @@ func (h *handler) webhook(c echo.Context) error {
 		source = streams.DefaultSource
 	}
 	ctx, span := h.opts.Tracing.StartServer(r.Context(), "POST /webhooks/verifeye", r.Header)
-	var w Webhook
+	var w streams.Webhook
 	dup, err := h.ingest(ctx, r, source, &w)
 	status := http.StatusAccepted
 	result := "accepted"
@@ -138,19 +172,20 @@ func (h *handler) webhook(c echo.Context) error {
 		result = "duplicate"
 	}
 	var ae *apiError
-	if errors.As(err, &ae) {
+	if err != nil {
+		ae = asAPIError(err)
 		status, result = ae.status, ae.code
 	}
 	if !streams.ValidSource(source) {
 		source = ""
 	}
-	h.metrics.webhooks.WithLabelValues(source, w.Event, result).Inc()
+	h.metrics.webhooks.WithLabelValues(sourceLabel(source, ae), eventLabel(w.Event), result).Inc()
 	h.metrics.duration.WithLabelValues(strconv.Itoa(status)).Observe(time.Since(start).Seconds())
 
 	ev := h.log.Info()
 	if status >= 500 {
-		ev = h.log.Error().AnErr("cause", errors.Unwrap(err))
-	} else if err != nil {
+		ev = h.log.Error().AnErr("cause", errors.Unwrap(ae))
+	} else if ae != nil {
 		ev = h.log.Warn().Str("reason", ae.message)
 	}
 	// Never the query string or headers: they may carry the token or the API key.
@@ -167,10 +202,31 @@ func (h *handler) webhook(c echo.Context) error {
 		span.End()
 	}
 
-	if err != nil {
-		return err
+	if ae != nil {
+		return ae
 	}
 	return c.JSONBlob(status, appendAccepted(make([]byte, 0, 96), w.SessionID, dup))
+}
+
+// sourceLabel is the source label of a request: only a source that passed
+// authentication may become a series; every request refused before (bad
+// source, bad credentials) shares the label "", so that no stranger can grow
+// the metrics without bound.
+func sourceLabel(source string, ae *apiError) string {
+	if ae != nil && (ae.code == codeInvalidSource || ae.code == codeUnauthorized) {
+		return ""
+	}
+	return source
+}
+
+// eventLabel bounds the event label: the events the bridge knows by name, any
+// other "other", and "" when the body had none.
+func eventLabel(event string) string {
+	switch event {
+	case "", streams.EventCompleted:
+		return event
+	}
+	return "other"
 }
 
 // appendAccepted appends the 202 body {"status":"accepted",
@@ -191,12 +247,12 @@ func appendAccepted(b []byte, sessionID string, duplicate bool) []byte {
 
 // ingest validates r and publishes it; it reports whether JetStream already had
 // the event. w is filled as far as the request could be read.
-func (h *handler) ingest(ctx context.Context, r *http.Request, source string, w *Webhook) (duplicate bool, err error) {
+func (h *handler) ingest(ctx context.Context, r *http.Request, source string, w *streams.Webhook) (duplicate bool, err error) {
 	if !streams.ValidSource(source) {
-		return false, &apiError{http.StatusBadRequest, "invalid_source", "source must match [a-z0-9_-]{1,64}", nil}
+		return false, &apiError{http.StatusBadRequest, codeInvalidSource, "source must match [a-z0-9_-]{1,64}", nil}
 	}
 	if !h.opts.Auth.check(r) {
-		return false, &apiError{http.StatusUnauthorized, "unauthorized", "missing or invalid credentials", nil}
+		return false, &apiError{http.StatusUnauthorized, codeUnauthorized, "missing or invalid credentials", nil}
 	}
 	if ct := r.Header.Get("Content-Type"); ct != "" && !isJSON(ct) {
 		return false, &apiError{http.StatusUnsupportedMediaType, "unsupported_media_type", "Content-Type must be application/json", nil}
@@ -212,9 +268,9 @@ func (h *handler) ingest(ctx context.Context, r *http.Request, source string, w 
 		}
 		return false, &apiError{http.StatusBadRequest, "invalid_body", "could not read the request body", nil}
 	}
-	*w, err = ParseWebhook(body)
+	*w, err = streams.ParseWebhook(body)
 	if err != nil {
-		var ve *ValidationError
+		var ve *streams.ValidationError
 		errors.As(err, &ve)
 		return false, &apiError{http.StatusBadRequest, ve.Code, ve.Message, nil}
 	}
@@ -223,18 +279,29 @@ func (h *handler) ingest(ctx context.Context, r *http.Request, source string, w 
 	msg.Data = body
 	msg.Header.Set(streams.HeaderReceivedAt, time.Now().UTC().Format(time.RFC3339Nano))
 	tracing.Inject(ctx, msg.Header)
+	capTracestate(msg.Header)
 	ctx, cancel := context.WithTimeout(ctx, h.opts.PublishTimeout)
 	defer cancel()
 	start := time.Now()
 	ack, err := h.pub.PublishMsg(ctx, msg, jetstream.WithMsgID(w.MsgID()), jetstream.WithExpectStream(streams.Webhooks))
 	if err != nil {
+		if why := storageRefusal(err); why != "" {
+			h.setRefusing(why)
+		}
 		// Never a 2xx and never a 429: VerifEye retries once, and a 503 keeps
 		// that retry useful.
 		return false, &apiError{http.StatusServiceUnavailable, "unavailable", "the event could not be stored durably; retry later", err}
 	}
+	h.setRefusing("")
 	h.metrics.publish.Observe(time.Since(start).Seconds())
 	return ack.Duplicate, nil
 }
+
+// The codes of the answers given before a request is authenticated.
+const (
+	codeInvalidSource = "invalid_source"
+	codeUnauthorized  = "unauthorized"
+)
 
 func tooLarge() error {
 	return &apiError{http.StatusRequestEntityTooLarge, "payload_too_large", "request body exceeds 64 KiB", nil}
@@ -248,45 +315,16 @@ func isJSON(contentType string) bool {
 	return mt == "application/json" || (strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json"))
 }
 
-func (h *handler) readyz(c echo.Context) error {
-	ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
-	defer cancel()
-	status, code := "ready", http.StatusOK
-	checks := make(map[string]string, len(h.opts.Checks))
-	for _, ch := range h.opts.Checks {
-		if err := ch.Func(ctx); err != nil {
-			checks[ch.Name] = err.Error()
-			if ch.Critical {
-				status, code = "unready", http.StatusServiceUnavailable
-			}
-			continue
-		}
-		checks[ch.Name] = "ok"
-	}
-	return c.JSON(code, map[string]any{"status": status, "checks": checks})
-}
-
 // httpError is the one place errors become answers.
 func (h *handler) httpError(err error, c echo.Context) {
 	if c.Response().Committed {
 		return
 	}
-	var ae *apiError
-	if !errors.As(err, &ae) {
-		ae = &apiError{http.StatusInternalServerError, "internal", "internal error", nil}
-		var he *echo.HTTPError
-		if errors.As(err, &he) {
-			ae.status = he.Code
-			switch he.Code {
-			case http.StatusNotFound:
-				ae.code, ae.message = "not_found", "no such route"
-			case http.StatusMethodNotAllowed:
-				ae.code, ae.message = "method_not_allowed", "method not allowed on this route"
-			default:
-				ae.code = strings.ReplaceAll(strings.ToLower(http.StatusText(he.Code)), " ", "_")
-				ae.message = http.StatusText(he.Code)
-			}
-		}
+	ae := asAPIError(err)
+	var he *echo.HTTPError
+	if errors.As(err, &he) {
+		ae.status = he.Code
+		ae.code, ae.message = ops.ErrorCode(he.Code)
 	}
 	body, _ := json.Marshal(map[string]string{"error": ae.code, "message": ae.message})
 	if c.Request().Method == http.MethodHead {

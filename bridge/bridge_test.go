@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -19,11 +20,13 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/realeyes/verifeye-bridge/bridge"
 	"github.com/realeyes/verifeye-bridge/internal/natsembed"
 	"github.com/realeyes/verifeye-bridge/internal/natstest"
+	"github.com/realeyes/verifeye-bridge/internal/ops"
 	"github.com/realeyes/verifeye-bridge/internal/streams"
 )
 
@@ -91,6 +94,7 @@ type rig struct {
 	nc  *nats.Conn
 	js  jetstream.JetStream
 	url string
+	reg *prometheus.Registry
 }
 
 type rigOptions struct {
@@ -98,6 +102,7 @@ type rigOptions struct {
 	publishTimeout time.Duration
 	connOpts       []nats.Option
 	limits         *streams.Limits // nil: streams.DefaultLimits()
+	trustedProxies []*net.IPNet
 }
 
 func newRig(t *testing.T, o rigOptions) *rig {
@@ -125,17 +130,27 @@ func newRig(t *testing.T, o rigOptions) *rig {
 	if err := streams.Ensure(ctx, js, subjects, limits); err != nil {
 		t.Fatalf("streams.Ensure: %v", err)
 	}
-	h := bridge.New(js, testLogger(t), bridge.Options{
+	reg := prometheus.NewRegistry()
+	in := bridge.New(js, testLogger(t), bridge.Options{
 		Auth:           o.auth,
 		Subjects:       subjects,
 		PublishTimeout: o.publishTimeout,
-		Checks: []bridge.Check{{Name: "nats", Critical: true, Func: func(ctx context.Context) error {
+		Registerer:     reg,
+		TrustedProxies: o.trustedProxies,
+		Probe:          func(ctx context.Context) error { return streams.HasRoom(ctx, js) },
+	})
+	// Served as the command serves it: health, readiness and metrics beside
+	// the webhook routes.
+	h := ops.New(ops.Options{
+		Checks: []ops.Check{{Name: "nats", Critical: true, Func: func(ctx context.Context) error {
 			return streams.Ready(ctx, nc, js)
-		}}},
+		}}, {Name: "storage", Critical: true, Func: in.Ready}},
+		Gatherer: reg,
+		Next:     in,
 	})
 	ts := httptest.NewServer(h)
 	t.Cleanup(ts.Close)
-	return &rig{srv: srv, nc: nc, js: js, url: ts.URL}
+	return &rig{srv: srv, nc: nc, js: js, url: ts.URL, reg: reg}
 }
 
 // answer is an HTTP response, read in full.

@@ -8,13 +8,14 @@ type metrics struct {
 	webhooks *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	publish  prometheus.Histogram
+	refusing prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		webhooks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "verifeye_bridge_webhooks_total",
-			Help: "Webhook requests by source, event and result (accepted, duplicate, unavailable, or the error code).",
+			Help: "Webhook requests by source (\"\" when refused before authentication), event (VerificationCompleted, other, or \"\") and result (accepted, duplicate, unavailable, or the error code).",
 		}, []string{"source", "event", "result"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "verifeye_bridge_ingest_duration_seconds",
@@ -26,7 +27,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "Time to publish a webhook to JetStream and receive its acknowledgement.",
 			Buckets: []float64{.0002, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 3},
 		}),
+		refusing: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "verifeye_bridge_storage_refusing",
+			Help: "1 while JetStream refuses to store webhooks (stream full, store failed, no storage left), else 0.",
+		}),
 	}
-	reg.MustRegister(m.webhooks, m.duration, m.publish)
+	reg.MustRegister(m.webhooks, m.duration, m.publish, m.refusing)
 	return m
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/realeyes/verifeye-bridge/bridge"
+	"github.com/realeyes/verifeye-bridge/internal/ops"
 )
 
 var composeDir = filepath.Join("compose")
@@ -54,7 +55,11 @@ func readCompose(t *testing.T) (map[string]any, map[string]composeService) {
 // checkServed fails unless the bridge's HTTP handler for role answers 200 on path.
 func checkServed(t *testing.T, where, role, path string) {
 	t.Helper()
-	h := bridge.New(nil, zerolog.Nop(), bridge.Options{DisableWebhooks: role != "ingest"})
+	var webhooks http.Handler
+	if role == "ingest" {
+		webhooks = bridge.New(nil, zerolog.Nop(), bridge.Options{})
+	}
+	h := ops.New(ops.Options{Next: webhooks})
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
 	if rec.Code != http.StatusOK {

@@ -6,7 +6,6 @@ package enricher
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -276,11 +275,9 @@ func (e *Enricher) handle(stop context.Context, msg jetstream.Msg) {
 	}
 	attempt := int(meta.NumDelivered)
 	_, source, event, err := e.opts.Subjects.Parse(msg.Subject())
-	var wh struct {
-		SessionID string `json:"verificationSessionId"`
-	}
+	var wh streams.Webhook
 	if err == nil {
-		err = json.Unmarshal(msg.Data(), &wh)
+		wh, err = streams.ParseWebhook(msg.Data())
 	}
 	if err != nil || !streams.ValidSessionID(wh.SessionID) {
 		e.deadLetter(ctx, msg, meta, source, event, "", Decision{Action: DeadLetter, Reason: ReasonInvalidWebhook}, attempt, "not a webhook of the contract")

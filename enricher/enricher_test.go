@@ -793,3 +793,45 @@ func (r *rig) checkAllPublished(sessions []string, source string) {
 		r.t.Errorf("DLQ holds %d messages, want 0", got)
 	}
 }
+
+// TestEnricherReadsWebhookAsIngest: the enricher reads a stored webhook with
+// the ingest's parser, so a body whose keys a case-insensitive decoder would
+// read as another session (stored before the ingest refused such bodies) is
+// never enriched for that other session: it is dead-lettered as invalid, with
+// no API call. A plain webhook is enriched for the ID the ingest validated.
+func TestEnricherReadsWebhookAsIngest(t *testing.T) {
+	r := newRig(t)
+	a, b := sid(99, 1, ""), sid(99, 2, "")
+	for _, key := range []string{"VERIFICATIONSESSIONID", "verificationSeſſionId"} {
+		msg := nats.NewMsg(r.subjects.Webhook("default", streams.EventCompleted))
+		msg.Data = []byte(`{"event":"VerificationCompleted","verificationSessionId":"` + a + `","` + key + `":"` + b + `"}`)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := r.js.PublishMsg(ctx, msg)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := sid(99, 3, "")
+	r.publishWebhook("default", streams.EventCompleted, c)
+	r.startReady(enricher.New(r.js, r.client(time.Second), r.log, options()))
+	r.waitCount(streams.DLQ, 2, 10*time.Second)
+	r.waitCount(streams.Results, 1, 10*time.Second)
+	for _, m := range natstest.Messages(t, r.js, streams.DLQ) {
+		if got := m.Headers().Get(streams.HeaderError); got != enricher.ReasonInvalidWebhook {
+			t.Errorf("DLQ reason = %q, want %q", got, enricher.ReasonInvalidWebhook)
+		}
+	}
+	results := r.byMsgID(streams.Results)
+	if _, ok := results[b]; ok {
+		t.Errorf("an outcome for %s, the session hidden behind a case-variant key", b)
+	}
+	if m, ok := results[c]; !ok {
+		t.Errorf("no outcome for %s", c)
+	} else {
+		checkResult(t, m, "default", c)
+	}
+	if got := r.api.TotalCalls(); got != 1 {
+		t.Errorf("API calls = %d, want 1 (for %s only)", got, c)
+	}
+}

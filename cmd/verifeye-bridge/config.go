@@ -76,8 +76,9 @@ func (c Logging) validate() error {
 
 // commonConfig is read by every subcommand that talks to NATS.
 type commonConfig struct {
-	HTTPAddr string `envconfig:"HTTP_ADDR" default:":8080" desc:"HTTP listen address (ingest, or the enricher's health and metrics)"`
-	NATSURL  string `envconfig:"NATS_URL" desc:"NATS server URL(s), comma-separated; empty in serve/dev starts an embedded server"`
+	HTTPAddr     string `envconfig:"HTTP_ADDR" default:":8080" desc:"HTTP listen address (ingest, or the enricher's health and metrics)"`
+	HTTPMaxConns int    `envconfig:"HTTP_MAX_CONNS" default:"1024" desc:"most HTTP connections served at once; more wait to be accepted"`
+	NATSURL      string `envconfig:"NATS_URL" desc:"NATS server URL(s), comma-separated; empty in serve/dev starts an embedded server"`
 	NATSAuth
 	SubjectPrefix    string        `envconfig:"SUBJECT_PREFIX" default:"verifeye" desc:"first token of every subject: [A-Za-z0-9_-], at most 64"`
 	StreamReplicas   int           `envconfig:"STREAM_REPLICAS" default:"1" desc:"JetStream replicas of the streams the bridge creates: 1 to 5 (3 on a cluster); 1 with the embedded server"`
@@ -107,6 +108,7 @@ type ingestConfig struct {
 	WebhookKeyHash string        `envconfig:"WEBHOOK_API_KEY_SHA256" desc:"hex SHA-256 of the API key, so an ingest-only replica need not hold the key; comma-separated to accept an old and a new key while rotating"`
 	WebhookToken   secret        `envconfig:"WEBHOOK_TOKEN" desc:"token expected as ?token= or Authorization: Bearer when WEBHOOK_AUTH=token: at least 16 printable ASCII characters, no spaces"`
 	PublishTimeout time.Duration `envconfig:"INGEST_PUBLISH_TIMEOUT" default:"3s" desc:"longest wait for JetStream's acknowledgement before answering 503: 10ms to 9s"`
+	TrustedProxies string        `envconfig:"HTTP_TRUSTED_PROXIES" desc:"comma-separated CIDRs of proxies whose X-Forwarded-For or X-Real-IP is logged as the remote address; empty trusts none"`
 }
 
 // apiConfig is read by every subcommand that calls or checks the VerifEye API key.
@@ -277,6 +279,7 @@ func (c commonConfig) validate() error {
 		c.checkMaxAge("DLQ_MAX_AGE", c.DLQMaxAge),
 		checkStreamBytes("DLQ_MAX_BYTES", c.DLQMaxBytes),
 		inRange("SHUTDOWN_GRACE", c.ShutdownGrace, time.Second, time.Hour),
+		intInRange("HTTP_MAX_CONNS", c.HTTPMaxConns, 1, 1<<20),
 		c.Logging.validate(),
 		c.NATSAuth.validate(),
 	)
@@ -413,7 +416,33 @@ func (c ingestConfig) validate(api apiConfig) error {
 		return err
 	}
 	// Below the HTTP server's 10 s write timeout, so the 503 still gets out.
-	return inRange("INGEST_PUBLISH_TIMEOUT", c.PublishTimeout, 10*time.Millisecond, 9*time.Second)
+	if err := inRange("INGEST_PUBLISH_TIMEOUT", c.PublishTimeout, 10*time.Millisecond, 9*time.Second); err != nil {
+		return err
+	}
+	_, err := parseCIDRs(c.TrustedProxies)
+	return err
+}
+
+// trustedProxies returns HTTP_TRUSTED_PROXIES, checked by validate.
+func (c ingestConfig) trustedProxies() []*net.IPNet {
+	n, _ := parseCIDRs(c.TrustedProxies)
+	return n
+}
+
+// parseCIDRs parses a comma-separated list of CIDRs; an empty list is none.
+func parseCIDRs(s string) ([]*net.IPNet, error) {
+	var out []*net.IPNet
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		_, n, err := net.ParseCIDR(f)
+		if err != nil {
+			return nil, fmt.Errorf("HTTP_TRUSTED_PROXIES: %q is not a CIDR such as 10.0.0.0/8", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 func (c apiConfig) validate(requireKey bool) error {

@@ -62,7 +62,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return fmt.Errorf("simulator: %w", err)
 	}
-	simSrv := &http.Server{Handler: sim, ReadHeaderTimeout: 5 * time.Second}
+	simSrv := &http.Server{Handler: sim, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second, ErrorLog: httpErrorLog(log.With().Str("component", "simulator").Logger())}
 	simDone := make(chan error, 1)
 	go func() { simDone <- simSrv.Serve(simLn) }()
 	defer func() {

@@ -474,6 +474,8 @@ func TestServiceConfigErrors(t *testing.T) {
 		{"ingest without key or hash", "ingest", []string{noNATS}, "VERIFEYE_API_KEY"},
 		{"ingest token mode without token", "ingest", []string{noNATS, "WEBHOOK_AUTH=token"}, "WEBHOOK_TOKEN"},
 		{"ingest key hash not hex", "ingest", []string{noNATS, "WEBHOOK_API_KEY_SHA256=" + strings.Repeat("z", 64)}, "WEBHOOK_API_KEY_SHA256"},
+		{"no connections", "serve", []string{key, "HTTP_MAX_CONNS=0"}, "HTTP_MAX_CONNS"},
+		{"trusted proxy not a CIDR", "ingest", []string{noNATS, key, "HTTP_TRUSTED_PROXIES=10.0.0.0/8, proxy.local"}, "HTTP_TRUSTED_PROXIES"},
 		{"ingest key hash too short", "ingest", []string{noNATS, "WEBHOOK_API_KEY_SHA256=abcd"}, "WEBHOOK_API_KEY_SHA256"},
 	}
 	for _, tc := range tests {

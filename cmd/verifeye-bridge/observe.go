@@ -14,7 +14,7 @@ import (
 	"github.com/rs/zerolog"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
-	"github.com/realeyes/verifeye-bridge/bridge"
+	"github.com/realeyes/verifeye-bridge/internal/ops"
 	"github.com/realeyes/verifeye-bridge/internal/streams"
 	"github.com/realeyes/verifeye-bridge/internal/tracing"
 )
@@ -103,7 +103,7 @@ func tracedHTTPClient() *http.Client {
 type observer struct {
 	js       jetstream.JetStream
 	consumer string // the enricher's durable consumer; "" to sample none
-	checks   []bridge.Check
+	checks   []ops.Check
 	interval time.Duration
 	log      zerolog.Logger
 
@@ -120,7 +120,7 @@ var sampledStreams = []string{streams.Webhooks, streams.Results, streams.DLQ}
 
 // newObserver registers the observer's collectors on reg; it samples the
 // enricher's consumer when cfg runs the enricher, and runs checks.
-func newObserver(reg prometheus.Registerer, nc *nats.Conn, js jetstream.JetStream, cfg serviceConfig, checks []bridge.Check, log zerolog.Logger) *observer {
+func newObserver(reg prometheus.Registerer, nc *nats.Conn, js jetstream.JetStream, cfg serviceConfig, checks []ops.Check, log zerolog.Logger) *observer {
 	consumer, interval := "", cfg.observe.SampleInterval
 	if cfg.enrich != nil {
 		consumer = cmp.Or(cfg.enrich.Consumer, "enricher")

@@ -285,7 +285,7 @@ func TestMetricsAfterKnownMix(t *testing.T) {
 		{wh, dflt + "," + vc + ",result=accepted", 3},
 		{wh, dflt + "," + vc + ",result=duplicate", 1},
 		{wh, dflt + ",event=,result=invalid_json", 2},
-		{wh, dflt + ",event=,result=unauthorized", 1},
+		{wh, "source=,event=,result=unauthorized", 1}, // refused before authentication: no source label
 		{"verifeye_bridge_ingest_duration_seconds_count", "code=202", 4},
 		{"verifeye_bridge_ingest_duration_seconds_count", "code=400", 2},
 		{"verifeye_bridge_ingest_duration_seconds_count", "code=401", 1},

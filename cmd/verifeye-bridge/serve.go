@@ -6,8 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	stdlog "log"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -15,11 +17,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/rs/zerolog"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"golang.org/x/net/netutil"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/realeyes/verifeye-bridge/bridge"
 	"github.com/realeyes/verifeye-bridge/enricher"
 	"github.com/realeyes/verifeye-bridge/enricher/verifeye"
+	"github.com/realeyes/verifeye-bridge/internal/ops"
 	"github.com/realeyes/verifeye-bridge/internal/streams"
 )
 
@@ -178,7 +182,7 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 		return nil
 	})
 
-	checks := []bridge.Check{{Name: "nats", Critical: true, Func: func(ctx context.Context) error {
+	checks := []ops.Check{{Name: "nats", Critical: true, Func: func(ctx context.Context) error {
 		return streams.Ready(ctx, conn.nc, js)
 	}}}
 
@@ -212,7 +216,7 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 		})
 		// In serve the enricher's pause is reported, not fatal: webhooks are
 		// still accepted and wait safely in JetStream.
-		checks = append(checks, bridge.Check{Name: "enricher", Critical: cfg.ingest == nil, Func: enr.Ready})
+		checks = append(checks, ops.Check{Name: "enricher", Critical: cfg.ingest == nil, Func: enr.Ready})
 		g.Go(func() error {
 			select {
 			case <-streamsReady:
@@ -223,16 +227,16 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 		})
 	}
 
-	opts := bridge.Options{
-		Subjects:        subjects,
-		Checks:          checks,
-		Registerer:      reg,
-		Gatherer:        reg,
-		DisableWebhooks: cfg.ingest == nil,
-		Tracing:         tr,
-	}
+	var webhooks http.Handler // nil: the enricher alone serves no webhook route
 	if cfg.ingest != nil {
-		opts.PublishTimeout = cfg.ingest.PublishTimeout
+		opts := bridge.Options{
+			Subjects:       subjects,
+			PublishTimeout: cfg.ingest.PublishTimeout,
+			Registerer:     reg,
+			Tracing:        tr,
+			TrustedProxies: cfg.ingest.trustedProxies(),
+			Probe:          func(ctx context.Context) error { return streams.HasRoom(ctx, js) },
+		}
 		opts.Auth, err = webhookAuth(*cfg.ingest, *cfg.api)
 		if err != nil {
 			ln.Close()
@@ -241,15 +245,12 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 		if opts.Auth.Mode() == bridge.AuthNone {
 			log.Warn().Msg("WEBHOOK_AUTH=none: webhooks are accepted from anyone; outcomes are still fetched from the API, so forged IDs end on the DLQ")
 		}
+		in := bridge.New(js, log.With().Str("component", "ingest").Logger(), opts)
+		checks = append(checks, ops.Check{Name: "storage", Critical: true, Func: in.Ready})
+		webhooks = in
 	}
-	srv := &http.Server{
-		Handler:           bridge.New(js, log.With().Str("component", "ingest").Logger(), opts),
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       10 * time.Second,
-		WriteTimeout:      10 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    16 << 10,
-	}
+	srv := newHTTPServer(ops.New(ops.Options{Checks: checks, Gatherer: reg, Next: webhooks}), log)
+	ln = netutil.LimitListener(ln, cfg.common.HTTPMaxConns)
 	obs := newObserver(reg, conn.nc, js, cfg, checks, log)
 	g.Go(func() error { return obs.run(gctx) })
 	g.Go(func() error {
@@ -278,6 +279,36 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 	err = g.Wait()
 	log.Info().Err(err).Msg("verifeye-bridge stopped")
 	return err
+}
+
+// newHTTPServer returns the settings of every HTTP server the process runs:
+// bounded reads, writes and idle keep-alives, and the server's own error lines
+// (accept errors, panics) written through log as JSON like every other line.
+// The caller bounds concurrent connections with a limiting listener
+// (HTTP_MAX_CONNS).
+func newHTTPServer(h http.Handler, log zerolog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      10 * time.Second,
+		IdleTimeout:       30 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          httpErrorLog(log.With().Str("component", "http").Logger()),
+	}
+}
+
+// httpErrorLog returns a *log.Logger whose every line is a zerolog warning
+// with the text as its message.
+func httpErrorLog(log zerolog.Logger) *stdlog.Logger {
+	return stdlog.New(zerologWriter{log}, "", 0)
+}
+
+type zerologWriter struct{ log zerolog.Logger }
+
+func (w zerologWriter) Write(p []byte) (int, error) {
+	w.log.Warn().Msg(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
 }
 
 // ensureStreams creates or updates the streams, retrying until it succeeds or

@@ -81,7 +81,7 @@ func simulate(ctx context.Context, cfg simulatorConfig, ln net.Listener, log zer
 	mux.HandleFunc("GET /healthz", ok)
 	mux.HandleFunc("GET /readyz", ok)
 	mux.Handle("/", fake)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second, ErrorLog: httpErrorLog(log.With().Str("component", "http").Logger())}
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {

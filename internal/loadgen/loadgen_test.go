@@ -11,7 +11,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/realeyes/verifeye-bridge/bridge"
 	"github.com/realeyes/verifeye-bridge/internal/streams"
 )
 
@@ -57,13 +56,13 @@ func TestSessionIDIsValidAndUnique(t *testing.T) {
 }
 
 // TestWebhooksAreAcceptedByTheBridge proves the generated requests are what
-// the ingest accepts: parsed by net/http and by bridge.ParseWebhook.
+// the ingest accepts: parsed by net/http and by streams.ParseWebhook.
 func TestWebhooksAreAcceptedByTheBridge(t *testing.T) {
 	var mu sync.Mutex
 	var got []string
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
-		wh, err := bridge.ParseWebhook(body)
+		wh, err := streams.ParseWebhook(body)
 		if err != nil || r.Header.Get("X-API-Key") != "k" || r.URL.Path != "/webhooks/verifeye/src" {
 			t.Errorf("request %s %q key %q: %v", r.URL.Path, body, r.Header.Get("X-API-Key"), err)
 		}

@@ -51,6 +51,12 @@ const DefaultSource = "default"
 // leaves room for it plus headers.
 const MaxWebhookBytes = 64 << 10
 
+// MaxWebhookHeaderBytes is the room the webhooks stream's MaxMsgSize leaves for
+// the headers of a webhook message beside a MaxWebhookBytes body: the message
+// ID, the receive time, traceparent, a tracestate the ingest cuts to 512 bytes,
+// and the replay and redrive headers, with room to spare.
+const MaxWebhookHeaderBytes = 4096
+
 // The validators below run on every webhook, so they are byte loops rather than
 // regular expressions (which cost a tenth of the handler's CPU); the tests hold
 // each to the expression in its comment.
@@ -302,7 +308,7 @@ func Configs(s Subjects, l Limits) []jetstream.StreamConfig {
 		// silently dropping ones not enriched yet.
 		Discard:     jetstream.DiscardNew,
 		Duplicates:  dup(l.WebhooksMaxAge),
-		MaxMsgSize:  MaxWebhookBytes + 4096,
+		MaxMsgSize:  MaxWebhookBytes + MaxWebhookHeaderBytes,
 		AllowDirect: true,
 	}, {
 		Name:        Results,
@@ -367,6 +373,31 @@ func Ready(ctx context.Context, nc *nats.Conn, js jetstream.JetStream) error {
 	}
 	if _, err := js.Stream(ctx, Webhooks); err != nil {
 		return fmt.Errorf("streams: stream %s: %w", Webhooks, err)
+	}
+	return nil
+}
+
+// HasRoom reports whether the webhooks stream can take one more webhook of the
+// largest size (or, in a stream smaller than twice that, has half its bytes
+// free) and the account is that far under its storage limit. It is the probe that ends a storage refusal of the ingest;
+// it writes nothing, so a refusal it cannot see (a failing disk) ends only
+// with a webhook stored again. It is safe for concurrent use.
+func HasRoom(ctx context.Context, js jetstream.JetStream) error {
+	st, err := js.Stream(ctx, Webhooks)
+	if err != nil {
+		return fmt.Errorf("streams: stream %s: %w", Webhooks, err)
+	}
+	info := st.CachedInfo()
+	need := int64(MaxWebhookBytes + MaxWebhookHeaderBytes)
+	if max := info.Config.MaxBytes; max > 0 && int64(info.State.Bytes)+min(need, max/2) > max {
+		return fmt.Errorf("streams: stream %s is full (%d of %d bytes)", Webhooks, info.State.Bytes, max)
+	}
+	acc, err := js.AccountInfo(ctx)
+	if err != nil {
+		return fmt.Errorf("streams: account info: %w", err)
+	}
+	if max := acc.Limits.MaxStore; max > 0 && int64(acc.Store)+need > max {
+		return fmt.Errorf("streams: account storage is full (%d of %d bytes)", acc.Store, max)
 	}
 	return nil
 }

@@ -1,7 +1,6 @@
 package streams
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -99,11 +98,8 @@ func DecodeStoredWebhook(s Subjects, subject string, h nats.Header, data []byte)
 // webhookSession returns the session ID of the webhook body data when it is a
 // webhook of the contract for event, else "".
 func webhookSession(data []byte, event string) string {
-	var wh struct {
-		Event     string `json:"event"`
-		SessionID string `json:"verificationSessionId"`
-	}
-	if json.Unmarshal(data, &wh) != nil || wh.Event != event || !ValidSessionID(wh.SessionID) {
+	wh, err := ParseWebhook(data)
+	if err != nil || wh.Event != event {
 		return ""
 	}
 	return wh.SessionID

@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/realeyes/verifeye-bridge/bridge"
+	"github.com/realeyes/verifeye-bridge/internal/ops"
 	"github.com/realeyes/verifeye-bridge/internal/streams"
 )
 
@@ -42,18 +43,17 @@ func serveCeiling(ctx context.Context, addr, apiKey, logLevel string, logw io.Wr
 	h := bridge.New(&noPublish{}, log.With().Str("component", "ingest").Logger(), bridge.Options{
 		Auth:       bridge.APIKeyAuth(apiKey),
 		Registerer: reg,
-		Gatherer:   reg,
 	})
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
 	}
 	srv := &http.Server{
-		Handler:           h,
+		Handler:           ops.New(ops.Options{Gatherer: reg, Next: h}),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      10 * time.Second,
-		IdleTimeout:       120 * time.Second,
+		IdleTimeout:       30 * time.Second,
 		MaxHeaderBytes:    16 << 10,
 	}
 	errc := make(chan error, 1)

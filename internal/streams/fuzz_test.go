@@ -1,13 +1,13 @@
-package bridge_test
+package streams_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
 	"unicode"
 
-	"github.com/realeyes/verifeye-bridge/bridge"
 	"github.com/realeyes/verifeye-bridge/internal/streams"
 )
 
@@ -15,6 +15,8 @@ import (
 // ParseWebhook accepts a body, the body is one valid JSON value, the webhook
 // subject for any valid source is four clean NATS tokens that parse back, and
 // the message ID round-trips to the event and the lower-cased session ID.
+// Whatever Go's case-insensitive struct decoding (how stored webhooks used to be
+// read back) makes of an accepted body, it is the same event and session.
 // Whenever it rejects a body, the error is a *ValidationError with a code.
 func FuzzParseWebhook(f *testing.F) {
 	seeds := []struct{ body, source string }{
@@ -30,6 +32,8 @@ func FuzzParseWebhook(f *testing.F) {
 		{`[]`, "default"},
 		{`null`, "Shop"},
 		{``, ""},
+		{`{"event":"VerificationCompleted","verificationSessionId":"3f2a9c1e-0000-4000-8000-000000000001","VERIFICATIONSESSIONID":"3f2a9c1e-0000-4000-8000-000000000002"}`, "default"},
+		{`{"event":"VerificationCompleted","verificationSessionId":"3f2a9c1e-0000-4000-8000-000000000001","verificationSeſſionId":"3f2a9c1e-0000-4000-8000-000000000002"}`, "default"},
 	}
 	for _, s := range seeds {
 		f.Add([]byte(s.body), s.source)
@@ -39,16 +43,26 @@ func FuzzParseWebhook(f *testing.F) {
 		f.Fatalf("NewSubjects: %v", err)
 	}
 	f.Fuzz(func(t *testing.T, body []byte, source string) {
-		w, err := bridge.ParseWebhook(body)
+		w, err := streams.ParseWebhook(body)
 		if err != nil {
-			var ve *bridge.ValidationError
-			if !errors.As(err, &ve) || !errors.Is(err, bridge.ErrInvalidWebhook) || ve.Code == "" || ve.Message == "" {
+			var ve *streams.ValidationError
+			if !errors.As(err, &ve) || !errors.Is(err, streams.ErrInvalidWebhook) || ve.Code == "" || ve.Message == "" {
 				t.Fatalf("ParseWebhook(%q) error = %#v, want a *ValidationError with a code and message wrapping ErrInvalidWebhook", body, err)
 			}
 			return
 		}
 		if !json.Valid(body) {
 			t.Fatalf("ParseWebhook(%q) accepted a body that is not valid JSON", body)
+		}
+		var loose struct {
+			Event     string `json:"event"`
+			SessionID string `json:"verificationSessionId"`
+		}
+		if err := json.Unmarshal(body, &loose); err != nil || loose.Event != w.Event || loose.SessionID != w.SessionID {
+			t.Fatalf("ParseWebhook(%q) = %+v, but struct decoding reads %+v, %v", body, w, loose, err)
+		}
+		if key, ok := repeatedKey(body); ok {
+			t.Fatalf("ParseWebhook(%q) accepted a body that gives the key %q twice, or in two cases", body, key)
 		}
 		if !streams.ValidSource(source) {
 			source = streams.DefaultSource
@@ -82,4 +96,36 @@ func FuzzParseWebhook(f *testing.F) {
 // the bridge builds.
 func badRune(r rune) bool {
 	return r > unicode.MaxASCII || unicode.IsSpace(r) || unicode.IsControl(r)
+}
+
+// repeatedKey reads the top-level keys of an accepted body token by token and
+// returns one that is given twice, or a case variant of event or
+// verificationSessionId, as Go's case-insensitive decoding folds keys.
+func repeatedKey(body []byte) (string, bool) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if _, err := dec.Token(); err != nil {
+		return "", false
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return "", false
+		}
+		key, _ := tok.(string)
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return "", false
+		}
+		for _, c := range []string{"event", "verificationSessionId"} {
+			if key != c && strings.EqualFold(key, c) {
+				return key, true
+			}
+		}
+		if seen[key] {
+			return key, true
+		}
+		seen[key] = true
+	}
+	return "", false
 }
