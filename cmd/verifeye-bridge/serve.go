@@ -94,6 +94,10 @@ func (c *serviceConfig) load() error {
 	if c.api != nil {
 		check = append(check, func() error { return c.api.validate(c.enrich != nil && c.client == nil) })
 	}
+	// dev ignores VERIFEYE_API_URL: it calls its own simulator.
+	if c.enrich != nil && c.name != "dev" {
+		check = append(check, func() error { _, err := c.api.checkURL(); return err })
+	}
 	if c.enrich != nil {
 		check = append(check, c.enrich.validate)
 	}
@@ -179,6 +183,9 @@ func serve(ctx context.Context, cfg serviceConfig, ln net.Listener, log zerolog.
 			if err != nil {
 				ln.Close()
 				return usageError{err}
+			}
+			if cleartext, _ := cfg.api.checkURL(); cleartext {
+				log.Warn().Msg("VERIFEYE_API_INSECURE=true: the API key is sent in clear text to VERIFEYE_API_URL; for test rigs only")
 			}
 		}
 		enr = enricher.New(js, client, log.With().Str("component", "enricher").Logger(), enricher.Options{
