@@ -47,6 +47,9 @@ type Options struct {
 	// Tracing records a span per enrichment and per API call; nil records none.
 	// Either way the outcome carries the webhook's trace ID.
 	Tracing *tracing.Tracing
+	// Publisher publishes the outcomes and DLQ entries; nil means the
+	// JetStream context given to New. Tests inject faults here.
+	Publisher Publisher
 }
 
 func (o *Options) defaults() {
@@ -112,16 +115,12 @@ type Enricher struct {
 	pauseBy       string
 }
 
-// New returns an enricher reading from and publishing to js. Outcomes and DLQ
-// entries are published through pub when non-nil (tests inject faults there),
-// else through js.
+// New returns an enricher that consumes webhooks from js, calls api for each
+// and publishes the outcomes and DLQ entries through opts.Publisher, or js
+// when that is nil. It starts nothing: call Run.
 func New(js jetstream.JetStream, api APIClient, log zerolog.Logger, opts Options) *Enricher {
-	return NewWithPublisher(js, nil, api, log, opts)
-}
-
-// NewWithPublisher is New with outcomes and DLQ entries published through pub.
-func NewWithPublisher(js jetstream.JetStream, pub Publisher, api APIClient, log zerolog.Logger, opts Options) *Enricher {
 	opts.defaults()
+	pub := opts.Publisher
 	if pub == nil {
 		pub = js
 	}

@@ -443,7 +443,9 @@ func TestEnricherCrashAfterPublish(t *testing.T) {
 		nc1.Close() // the process is gone before it can ack
 		return nil, errors.New("test: crashed after publishing")
 	})
-	stop1 := r.startReady(enricher.NewWithPublisher(js1, crash, r.client(time.Second), r.log, options()))
+	opts1 := options()
+	opts1.Publisher = crash
+	stop1 := r.startReady(enricher.New(js1, r.client(time.Second), r.log, opts1))
 	natstest.WaitFor(t, 10*time.Second, func() error {
 		if !crashed.Load() {
 			return errors.New("no publish yet")
