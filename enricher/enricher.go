@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -169,21 +170,20 @@ func (e *Enricher) Ready(context.Context) error {
 // cancelled. Then it stops fetching, finishes the enrichments in flight (they
 // keep a live context) and returns nil.
 func (e *Enricher) Run(ctx context.Context) error {
-	var cons jetstream.Consumer
-	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 10*time.Second) {
+	create := func() (jetstream.Consumer, error) {
 		c, cancel := context.WithTimeout(ctx, streams.AttemptTimeout) // see streams.Ensure: a lost answer to a concurrent create
-		var err error
-		cons, err = e.js.CreateOrUpdateConsumer(c, streams.Webhooks, e.ConsumerConfig())
-		cancel()
-		if err == nil {
-			break
-		}
-		e.log.Error().Err(err).Dur("retry_in", wait).Msg("cannot create the enricher consumer")
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(wait):
-		}
+		defer cancel()
+		return e.js.CreateOrUpdateConsumer(c, streams.Webhooks, e.ConsumerConfig())
+	}
+	// Until it works or ctx ends: a NATS outage at start delays the enricher.
+	cons, err := backoff.Retry(ctx, create,
+		backoff.WithBackOff(&backoff.ExponentialBackOff{InitialInterval: 250 * time.Millisecond, Multiplier: 2, MaxInterval: 10 * time.Second}),
+		backoff.WithMaxElapsedTime(0),
+		backoff.WithNotify(func(err error, wait time.Duration) {
+			e.log.Error().Err(err).Dur("retry_in", wait).Msg("cannot create the enricher consumer")
+		}))
+	if err != nil {
+		return nil // ctx ended
 	}
 	e.running.Store(true)
 	defer e.running.Store(false)

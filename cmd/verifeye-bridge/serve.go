@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -279,18 +280,14 @@ func serve(ctx context.Context, cfg serviceConfig, ln net.Listener, log zerolog.
 // ensureStreams creates or updates the streams, retrying until it succeeds or
 // ctx ends: a NATS outage at start delays readiness, it does not stop the process.
 func ensureStreams(ctx context.Context, js jetstream.JetStream, s streams.Subjects, l streams.Limits, log zerolog.Logger) {
-	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 10*time.Second) {
-		err := streams.Ensure(ctx, js, s, l)
-		if err == nil {
-			log.Info().Int("replicas", l.Replicas).Dur("duplicate_window", l.Duplicates).Msg("streams ready")
-			return
-		}
-		log.Error().Err(err).Dur("retry_in", wait).Msg("cannot create or update streams")
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(wait):
-		}
+	_, err := backoff.Retry(ctx, func() (struct{}, error) { return struct{}{}, streams.Ensure(ctx, js, s, l) },
+		backoff.WithBackOff(&backoff.ExponentialBackOff{InitialInterval: 250 * time.Millisecond, Multiplier: 2, MaxInterval: 10 * time.Second}),
+		backoff.WithMaxElapsedTime(0),
+		backoff.WithNotify(func(err error, wait time.Duration) {
+			log.Error().Err(err).Dur("retry_in", wait).Msg("cannot create or update streams")
+		}))
+	if err == nil {
+		log.Info().Int("replicas", l.Replicas).Dur("duplicate_window", l.Duplicates).Msg("streams ready")
 	}
 }
 
