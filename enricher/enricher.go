@@ -107,13 +107,14 @@ type Enricher struct {
 	lim  *rate.Limiter
 	m    *metrics
 
-	running       atomic.Bool
-	lastFetchWarn atomic.Int64 // unix nanoseconds of the last "fetch failed" line
-	mu            sync.Mutex
-	paused        bool
-	pauseCh       chan struct{} // closed when a pause ends
-	lastLog       time.Time
-	pauseBy       string
+	running   atomic.Bool
+	fetchWarn rate.Sometimes // the "fetch failed" line: every worker fails alike while NATS is away
+
+	mu       sync.Mutex
+	paused   bool
+	pauseCh  chan struct{}   // closed when a pause ends
+	pauseLog *rate.Sometimes // the loud "paused" line, once per AuthRetry; new for each pause
+	pauseBy  string
 }
 
 // New returns an enricher that consumes webhooks from js, calls api for each
@@ -129,7 +130,11 @@ func New(js jetstream.JetStream, api APIClient, log zerolog.Logger, opts Options
 	if opts.RateLimit > 0 {
 		lim = rate.NewLimiter(rate.Limit(opts.RateLimit), max(1, int(opts.RateLimit)))
 	}
-	return &Enricher{js: js, pub: pub, api: api, log: log, opts: opts, lim: lim, m: newMetrics(opts.Registerer)}
+	return &Enricher{
+		js: js, pub: pub, api: api, log: log, opts: opts, lim: lim, m: newMetrics(opts.Registerer),
+		fetchWarn: rate.Sometimes{Interval: 10 * time.Second},
+		pauseLog:  &rate.Sometimes{Interval: opts.AuthRetry},
+	}
 }
 
 // ConsumerConfig is the durable pull consumer the enricher shares with its
@@ -215,11 +220,7 @@ func (e *Enricher) worker(ctx context.Context, cons jetstream.Consumer) {
 		cancel()
 		if err != nil {
 			if ctx.Err() == nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
-				// Every worker fails alike while NATS is away: one line per 10 s.
-				if now := time.Now().UnixNano(); now-e.lastFetchWarn.Load() >= int64(10*time.Second) {
-					e.lastFetchWarn.Store(now)
-					e.log.Warn().Err(err).Msg("fetch failed; retrying every second")
-				}
+				e.fetchWarn.Do(func() { e.log.Warn().Err(err).Msg("fetch failed; retrying every second") })
 				if consumerGone(err) {
 					e.recreateConsumer(ctx)
 				}
@@ -495,11 +496,10 @@ func (e *Enricher) pause(status int, err error) {
 		e.m.paused.Set(1)
 	}
 	e.pauseBy = "HTTP " + strconv.Itoa(status)
-	if time.Since(e.lastLog) >= e.opts.AuthRetry {
-		e.lastLog = time.Now()
+	e.pauseLog.Do(func() {
 		e.log.Error().Err(err).Int("status", status).Dur("retry_every", e.opts.AuthRetry).
 			Msg("VerifEye API refuses the API key: enrichment paused, webhooks wait in JetStream; check VERIFEYE_API_KEY")
-	}
+	})
 }
 
 func (e *Enricher) resume() {
@@ -508,7 +508,7 @@ func (e *Enricher) resume() {
 	if e.paused {
 		e.paused = false
 		close(e.pauseCh)
-		e.lastLog = time.Time{}
+		e.pauseLog = &rate.Sometimes{Interval: e.opts.AuthRetry} // the next pause logs at once
 		e.m.paused.Set(0)
 		e.log.Info().Msg("VerifEye API accepts the API key again: enrichment resumed")
 	}
