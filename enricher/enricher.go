@@ -259,15 +259,17 @@ func (e *Enricher) recreateConsumer(ctx context.Context) {
 	e.log.Warn().Str("consumer", e.opts.Consumer).Msg("the enricher consumer was gone: re-created")
 }
 
-// handle enriches one webhook message. stop is the Run context: it only ends
-// a pause early; everything else completes with a context of its own.
+// handle enriches one webhook message. Its stages have contexts of their own,
+// each derived from live, which outlives shutdown (a fetched message is
+// finished, not abandoned) and carries the enrichment's span:
+//   - the call stage: each API call gets one ack wait (callCtx, in call);
+//   - the pause: while the API refuses the key, the message is held until stop
+//     (the Run context) ends, the only thing stop ends;
+//   - the settle stage: publishing the outcome, the DLQ entry or the nak, and
+//     the ack, get one ack wait from when the decision is made (settleCtx).
 func (e *Enricher) handle(stop context.Context, msg jetstream.Msg) {
-	// live is never cancelled and carries the enrichment's span, a child of
-	// the webhook's trace context.
 	live, span := e.opts.Tracing.StartConsumer(context.WithoutCancel(stop), "enrich", msg.Headers())
 	defer span.End()
-	ctx, cancel := context.WithTimeout(live, e.opts.AckWait)
-	defer cancel()
 	meta, err := msg.Metadata()
 	if err != nil {
 		e.log.Error().Err(err).Msg("message without metadata: terminated")
@@ -282,56 +284,43 @@ func (e *Enricher) handle(stop context.Context, msg jetstream.Msg) {
 	if err == nil {
 		err = json.Unmarshal(msg.Data(), &wh)
 	}
-	if err != nil || !streams.ValidSessionID(wh.SessionID) {
-		e.deadLetter(ctx, msg, meta, source, event, "", Decision{Action: DeadLetter, Reason: ReasonInvalidWebhook}, attempt, "not a webhook of the contract")
-		return
-	}
-	session := wh.SessionID
-	log := e.log.With().Str("session_id", session).Str("source", source).Int("attempt", attempt).Str("trace_id", tracing.TraceID(live)).Logger()
-	if span.IsRecording() {
-		span.SetAttributes(attribute.String("verifeye.session_id", session), attribute.String("verifeye.source", source), attribute.Int("verifeye.attempt", attempt))
-	}
-	if attempt > e.opts.MaxAttempts {
-		// Delivered more often than attempted: earlier deliveries crashed
-		// before deciding. Stop the loop here, without another API call.
-		e.deadLetter(ctx, msg, meta, source, event, session, Decision{Action: DeadLetter, Reason: ReasonMaxDeliveries}, attempt, "delivered more times than ENRICH_MAX_ATTEMPTS")
-		return
-	}
 
 	var (
-		res *verifeye.Result
-		d   Decision
+		session string
+		res     *verifeye.Result
+		d       Decision
+		detail  string
+		log     = e.log
 	)
-	for {
-		cctx, ccancel := context.WithTimeout(live, e.opts.AckWait)
-		res, err = e.call(cctx, msg, session)
-		ccancel()
-		d = e.opts.Policy.Decide(err, attempt, rand.Float64())
-		if d.Action != Pause {
-			e.resume()
-			break
+	switch {
+	case err != nil || !streams.ValidSessionID(wh.SessionID):
+		d, detail = Decision{Action: DeadLetter, Reason: ReasonInvalidWebhook}, "not a webhook of the contract"
+	case attempt > e.opts.MaxAttempts:
+		// Delivered more often than attempted: earlier deliveries crashed
+		// before deciding. Stop the loop here, without another API call.
+		session = wh.SessionID
+		d, detail = Decision{Action: DeadLetter, Reason: ReasonMaxDeliveries}, "delivered more times than ENRICH_MAX_ATTEMPTS"
+	default:
+		session = wh.SessionID
+		log = e.log.With().Str("session_id", session).Str("source", source).Int("attempt", attempt).Str("trace_id", tracing.TraceID(live)).Logger()
+		if span.IsRecording() {
+			span.SetAttributes(attribute.String("verifeye.session_id", session), attribute.String("verifeye.source", source), attribute.Int("verifeye.attempt", attempt))
 		}
-		// The key is refused: hold the message (it burns no attempt), pause
-		// fetching, and try again every AuthRetry until the key works.
-		e.pause(d.Status, err)
-		if !e.holdFor(stop, msg, e.opts.AuthRetry) {
-			_ = msg.NakWithDelay(e.opts.AuthRetry)
-			return
+		var held bool
+		res, d, held, err = e.callStage(stop, live, msg, session, attempt)
+		if !held {
+			return // shutdown during a pause: nakked for later
 		}
-		// Honour the rate limit for the probe too.
-		if e.lim.Wait(stop) != nil {
-			_ = msg.NakWithDelay(e.opts.AuthRetry)
-			return
+		if err != nil {
+			detail = err.Error()
 		}
 	}
 
-	// The publish and ack get a fresh lease: a pause may have outlasted ctx.
-	pctx, pcancel := context.WithTimeout(live, e.opts.AckWait)
-	defer pcancel()
-	ctx = pctx
+	settleCtx, cancel := context.WithTimeout(live, e.opts.AckWait)
+	defer cancel()
 	switch d.Action {
 	case Publish:
-		e.publish(ctx, msg, meta, log, source, session, res)
+		e.publish(settleCtx, msg, meta, log, source, session, res)
 	case Retry:
 		e.m.enrichments.WithLabelValues("retried", d.Reason).Inc()
 		log.Warn().Err(err).Str("decision", "retry").Int("status", d.Status).Dur("delay", d.Delay).Msg("enrichment will be retried")
@@ -339,17 +328,38 @@ func (e *Enricher) handle(stop context.Context, msg jetstream.Msg) {
 			log.Warn().Err(nerr).Msg("nak failed; the message is redelivered after the ack wait")
 		}
 	case DeadLetter:
-		detail := ""
-		if err != nil {
-			detail = err.Error()
-		}
-		e.deadLetter(ctx, msg, meta, source, event, session, d, attempt, detail)
+		e.deadLetter(settleCtx, msg, meta, source, event, session, d, attempt, detail)
 	}
 }
 
-// call runs one API call, telling JetStream the message is in progress while it
-// runs so a slow call does not end in a redelivery.
-func (e *Enricher) call(ctx context.Context, msg jetstream.Msg, session string) (*verifeye.Result, error) {
+// callStage calls the API and decides, until the decision is other than Pause.
+// While the API refuses the key it pauses fetching and holds msg (it burns no
+// attempt), trying again every AuthRetry; held is false when stop ended the
+// pause, and msg has then been nakked for later. apiErr is the last call's
+// error, which d classifies.
+func (e *Enricher) callStage(stop, live context.Context, msg jetstream.Msg, session string, attempt int) (res *verifeye.Result, d Decision, held bool, apiErr error) {
+	for {
+		res, apiErr = e.call(live, msg, session)
+		d = e.opts.Policy.Decide(apiErr, attempt, rand.Float64())
+		if d.Action != Pause {
+			e.resume()
+			return res, d, true, apiErr
+		}
+		e.pause(d.Status, apiErr)
+		// Honour the rate limit for the probe too.
+		if !e.holdFor(stop, msg, e.opts.AuthRetry) || e.lim.Wait(stop) != nil {
+			_ = msg.NakWithDelay(e.opts.AuthRetry)
+			return nil, d, false, apiErr
+		}
+	}
+}
+
+// call runs one API call within an ack wait of its own (callCtx), telling
+// JetStream the message is in progress while it runs so a slow call does not
+// end in a redelivery.
+func (e *Enricher) call(live context.Context, msg jetstream.Msg, session string) (*verifeye.Result, error) {
+	callCtx, cancel := context.WithTimeout(live, e.opts.AckWait)
+	defer cancel()
 	done := make(chan struct{})
 	defer close(done)
 	go func() {
@@ -365,8 +375,8 @@ func (e *Enricher) call(ctx context.Context, msg jetstream.Msg, session string) 
 		}
 	}()
 	start := time.Now()
-	cctx, span := e.opts.Tracing.StartClient(ctx, "GET /v1/verification/get-session-result")
-	res, err := e.api.GetSessionResult(cctx, session)
+	callCtx, span := e.opts.Tracing.StartClient(callCtx, "GET /v1/verification/get-session-result")
+	res, err := e.api.GetSessionResult(callCtx, session)
 	tracing.End(span, err)
 	e.m.observeCall(err, time.Since(start))
 	return res, err
