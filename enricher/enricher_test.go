@@ -6,13 +6,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -793,5 +796,36 @@ func (r *rig) checkAllPublished(sessions []string, source string) {
 	}
 	if got := natstest.Count(r.t, r.js, streams.DLQ); got != 0 {
 		r.t.Errorf("DLQ holds %d messages, want 0", got)
+	}
+}
+
+// TestEnricherRedirectNotFollowed: an API that answers 302 does not get the
+// webhook enriched by whatever the new location says; the location receives
+// nothing (not the API key either) and the webhook goes to the DLQ as
+// redirected, at once.
+func TestEnricherRedirectNotFollowed(t *testing.T) {
+	r := newRig(t)
+	var elsewhere atomic.Int32
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		elsewhere.Add(1)
+		_, _ = io.WriteString(w, `{"verificationResult":"passed"}`)
+	}))
+	defer other.Close()
+	session := sid(40, 1, "0000")
+	r.api.Script(session, verifeyetest.Reply{Status: http.StatusFound, Header: http.Header{"Location": {other.URL + verifeyetest.ResultPath}}})
+	r.publishWebhook("default", streams.EventCompleted, session)
+
+	r.startReady(enricher.New(r.js, r.client(time.Second), r.log, options()))
+	r.waitCount(streams.DLQ, 1, 10*time.Second)
+	m := natstest.Messages(t, r.js, streams.DLQ)[0]
+	h := m.Headers()
+	if got, want := []string{h.Get(streams.HeaderError), h.Get(streams.HeaderLastStatus), h.Get(streams.HeaderAttempts)}, []string{enricher.ReasonRedirected, "302", "1"}; !cmp.Equal(got, want) {
+		t.Errorf("DLQ reason, last status, attempts = %q, want %q", got, want)
+	}
+	if n := natstest.Count(t, r.js, streams.Results); n != 0 {
+		t.Errorf("results stream holds %d outcomes, want 0", n)
+	}
+	if n := elsewhere.Load(); n != 0 {
+		t.Errorf("the redirect's location received %d requests, want 0", n)
 	}
 }
