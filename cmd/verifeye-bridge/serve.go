@@ -95,8 +95,9 @@ func (c *serviceConfig) load() error {
 	if c.api != nil {
 		check = append(check, func() error { return c.api.validate(c.enrich != nil && c.client == nil) })
 	}
-	// dev ignores VERIFEYE_API_URL: it calls its own simulator.
-	if c.enrich != nil && c.name != "dev" {
+	// Only where the client is built from VERIFEYE_API_URL: dev ignores it (it
+	// calls its own simulator).
+	if c.enrich != nil && c.client == nil && c.name != "dev" {
 		check = append(check, func() error { _, err := c.api.checkURL(); return err })
 	}
 	if c.enrich != nil {
