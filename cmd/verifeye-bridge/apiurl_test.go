@@ -1,8 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"strings"
+	"sync"
 	"testing"
+
+	"github.com/rs/zerolog"
+
+	"github.com/realeyes/verifeye-bridge/internal/natstest"
 )
 
 // TestAPIURLCleartext checks which VERIFEYE_API_URL values may carry the API
@@ -42,5 +48,45 @@ func TestAPIURLCleartext(t *testing.T) {
 		if err != nil && !strings.HasPrefix(err.Error(), "VERIFEYE_API_URL: ") {
 			t.Errorf("checkURL(%q) error %q does not name VERIFEYE_API_URL", tt.url, err)
 		}
+	}
+}
+
+// lockedBuffer is a log destination the service's goroutines may share.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestAPIURLInsecureWarns: with VERIFEYE_API_INSECURE=true an http:// URL to
+// another host is accepted, and the start says the key travels in clear text.
+func TestAPIURLInsecureWarns(t *testing.T) {
+	ns := natstest.Start(t)
+	for k, v := range map[string]string{
+		"NATS_URL":              ns.URL(),
+		"VERIFEYE_API_KEY":      "insecure-rig-key-0123456789",
+		"VERIFEYE_API_URL":      "http://verifeye.invalid:8090", // never called: no webhook is sent
+		"VERIFEYE_API_INSECURE": "true",
+	} {
+		t.Setenv(k, v)
+	}
+	var logs lockedBuffer
+	startServe(t, serviceConfig{name: "enrich", api: &apiConfig{}, enrich: &enrichConfig{}}, true, zerolog.New(&logs))
+	if got := strings.Count(logs.String(), "VERIFEYE_API_INSECURE=true"); got != 1 {
+		t.Errorf("start logs hold %d lines about VERIFEYE_API_INSECURE; want 1:\n%s", got, logs.String())
+	}
+	if strings.Contains(logs.String(), "insecure-rig-key") {
+		t.Errorf("start logs hold the API key:\n%s", logs.String())
 	}
 }
