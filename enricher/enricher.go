@@ -384,6 +384,9 @@ func (e *Enricher) call(live context.Context, msg jetstream.Msg, session string)
 
 // holdFor waits d while keeping msg in progress; false if stop ended first.
 func (e *Enricher) holdFor(stop context.Context, msg jetstream.Msg, d time.Duration) bool {
+	// At once too: a hold shorter than the tick, repeated, would otherwise
+	// let the ack wait run out between the calls' own ticks.
+	_ = msg.InProgress()
 	deadline := time.NewTimer(d)
 	defer deadline.Stop()
 	tick := time.NewTicker(max(e.opts.AckWait/3, 100*time.Millisecond))
