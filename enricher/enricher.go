@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -46,6 +47,9 @@ type Options struct {
 	// Tracing records a span per enrichment and per API call; nil records none.
 	// Either way the outcome carries the webhook's trace ID.
 	Tracing *tracing.Tracing
+	// Publisher publishes the outcomes and DLQ entries; nil means the
+	// JetStream context given to New. Tests inject faults here.
+	Publisher Publisher
 }
 
 func (o *Options) defaults() {
@@ -102,25 +106,22 @@ type Enricher struct {
 	lim  *rate.Limiter
 	m    *metrics
 
-	running       atomic.Bool
-	lastFetchWarn atomic.Int64 // unix nanoseconds of the last "fetch failed" line
-	mu            sync.Mutex
-	paused        bool
-	pauseCh       chan struct{} // closed when a pause ends
-	lastLog       time.Time
-	pauseBy       string
+	running   atomic.Bool
+	fetchWarn rate.Sometimes // the "fetch failed" line: every worker fails alike while NATS is away
+
+	mu       sync.Mutex
+	paused   bool
+	pauseCh  chan struct{}   // closed when a pause ends
+	pauseLog *rate.Sometimes // the loud "paused" line, once per AuthRetry; new for each pause
+	pauseBy  string
 }
 
-// New returns an enricher reading from and publishing to js. Outcomes and DLQ
-// entries are published through pub when non-nil (tests inject faults there),
-// else through js.
+// New returns an enricher that consumes webhooks from js, calls api for each
+// and publishes the outcomes and DLQ entries through opts.Publisher, or js
+// when that is nil. It starts nothing: call Run.
 func New(js jetstream.JetStream, api APIClient, log zerolog.Logger, opts Options) *Enricher {
-	return NewWithPublisher(js, nil, api, log, opts)
-}
-
-// NewWithPublisher is New with outcomes and DLQ entries published through pub.
-func NewWithPublisher(js jetstream.JetStream, pub Publisher, api APIClient, log zerolog.Logger, opts Options) *Enricher {
 	opts.defaults()
+	pub := opts.Publisher
 	if pub == nil {
 		pub = js
 	}
@@ -128,7 +129,11 @@ func NewWithPublisher(js jetstream.JetStream, pub Publisher, api APIClient, log 
 	if opts.RateLimit > 0 {
 		lim = rate.NewLimiter(rate.Limit(opts.RateLimit), max(1, int(opts.RateLimit)))
 	}
-	return &Enricher{js: js, pub: pub, api: api, log: log, opts: opts, lim: lim, m: newMetrics(opts.Registerer)}
+	return &Enricher{
+		js: js, pub: pub, api: api, log: log, opts: opts, lim: lim, m: newMetrics(opts.Registerer),
+		fetchWarn: rate.Sometimes{Interval: 10 * time.Second},
+		pauseLog:  &rate.Sometimes{Interval: opts.AuthRetry},
+	}
 }
 
 // ConsumerConfig is the durable pull consumer the enricher shares with its
@@ -169,21 +174,20 @@ func (e *Enricher) Ready(context.Context) error {
 // cancelled. Then it stops fetching, finishes the enrichments in flight (they
 // keep a live context) and returns nil.
 func (e *Enricher) Run(ctx context.Context) error {
-	var cons jetstream.Consumer
-	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 10*time.Second) {
+	create := func() (jetstream.Consumer, error) {
 		c, cancel := context.WithTimeout(ctx, streams.AttemptTimeout) // see streams.Ensure: a lost answer to a concurrent create
-		var err error
-		cons, err = e.js.CreateOrUpdateConsumer(c, streams.Webhooks, e.ConsumerConfig())
-		cancel()
-		if err == nil {
-			break
-		}
-		e.log.Error().Err(err).Dur("retry_in", wait).Msg("cannot create the enricher consumer")
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(wait):
-		}
+		defer cancel()
+		return e.js.CreateOrUpdateConsumer(c, streams.Webhooks, e.ConsumerConfig())
+	}
+	// Until it works or ctx ends: a NATS outage at start delays the enricher.
+	cons, err := backoff.Retry(ctx, create,
+		backoff.WithBackOff(&backoff.ExponentialBackOff{InitialInterval: 250 * time.Millisecond, Multiplier: 2, MaxInterval: 10 * time.Second}),
+		backoff.WithMaxElapsedTime(0),
+		backoff.WithNotify(func(err error, wait time.Duration) {
+			e.log.Error().Err(err).Dur("retry_in", wait).Msg("cannot create the enricher consumer")
+		}))
+	if err != nil {
+		return nil // ctx ended
 	}
 	e.running.Store(true)
 	defer e.running.Store(false)
@@ -215,11 +219,7 @@ func (e *Enricher) worker(ctx context.Context, cons jetstream.Consumer) {
 		cancel()
 		if err != nil {
 			if ctx.Err() == nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
-				// Every worker fails alike while NATS is away: one line per 10 s.
-				if now := time.Now().UnixNano(); now-e.lastFetchWarn.Load() >= int64(10*time.Second) {
-					e.lastFetchWarn.Store(now)
-					e.log.Warn().Err(err).Msg("fetch failed; retrying every second")
-				}
+				e.fetchWarn.Do(func() { e.log.Warn().Err(err).Msg("fetch failed; retrying every second") })
 				if consumerGone(err) {
 					e.recreateConsumer(ctx)
 				}
@@ -258,15 +258,17 @@ func (e *Enricher) recreateConsumer(ctx context.Context) {
 	e.log.Warn().Str("consumer", e.opts.Consumer).Msg("the enricher consumer was gone: re-created")
 }
 
-// handle enriches one webhook message. stop is the Run context: it only ends
-// a pause early; everything else completes with a context of its own.
+// handle enriches one webhook message. Its stages have contexts of their own,
+// each derived from live, which outlives shutdown (a fetched message is
+// finished, not abandoned) and carries the enrichment's span:
+//   - the call stage: each API call gets one ack wait (callCtx, in call);
+//   - the pause: while the API refuses the key, the message is held until stop
+//     (the Run context) ends, the only thing stop ends;
+//   - the settle stage: publishing the outcome, the DLQ entry or the nak, and
+//     the ack, get one ack wait from when the decision is made (settleCtx).
 func (e *Enricher) handle(stop context.Context, msg jetstream.Msg) {
-	// live is never cancelled and carries the enrichment's span, a child of
-	// the webhook's trace context.
 	live, span := e.opts.Tracing.StartConsumer(context.WithoutCancel(stop), "enrich", msg.Headers())
 	defer span.End()
-	ctx, cancel := context.WithTimeout(live, e.opts.AckWait)
-	defer cancel()
 	meta, err := msg.Metadata()
 	if err != nil {
 		e.log.Error().Err(err).Msg("message without metadata: terminated")
@@ -279,56 +281,43 @@ func (e *Enricher) handle(stop context.Context, msg jetstream.Msg) {
 	if err == nil {
 		wh, err = streams.ParseWebhook(msg.Data())
 	}
-	if err != nil || !streams.ValidSessionID(wh.SessionID) {
-		e.deadLetter(ctx, msg, meta, source, event, "", Decision{Action: DeadLetter, Reason: ReasonInvalidWebhook}, attempt, "not a webhook of the contract")
-		return
-	}
-	session := wh.SessionID
-	log := e.log.With().Str("session_id", session).Str("source", source).Int("attempt", attempt).Str("trace_id", tracing.TraceID(live)).Logger()
-	if span.IsRecording() {
-		span.SetAttributes(attribute.String("verifeye.session_id", session), attribute.String("verifeye.source", source), attribute.Int("verifeye.attempt", attempt))
-	}
-	if attempt > e.opts.MaxAttempts {
-		// Delivered more often than attempted: earlier deliveries crashed
-		// before deciding. Stop the loop here, without another API call.
-		e.deadLetter(ctx, msg, meta, source, event, session, Decision{Action: DeadLetter, Reason: ReasonMaxDeliveries}, attempt, "delivered more times than ENRICH_MAX_ATTEMPTS")
-		return
-	}
 
 	var (
-		res *verifeye.Result
-		d   Decision
+		session string
+		res     *verifeye.Result
+		d       Decision
+		detail  string
+		log     = e.log
 	)
-	for {
-		cctx, ccancel := context.WithTimeout(live, e.opts.AckWait)
-		res, err = e.call(cctx, msg, session)
-		ccancel()
-		d = e.opts.Policy.Decide(err, attempt, rand.Float64())
-		if d.Action != Pause {
-			e.resume()
-			break
+	switch {
+	case err != nil || !streams.ValidSessionID(wh.SessionID):
+		d, detail = Decision{Action: DeadLetter, Reason: ReasonInvalidWebhook}, "not a webhook of the contract"
+	case attempt > e.opts.MaxAttempts:
+		// Delivered more often than attempted: earlier deliveries crashed
+		// before deciding. Stop the loop here, without another API call.
+		session = wh.SessionID
+		d, detail = Decision{Action: DeadLetter, Reason: ReasonMaxDeliveries}, "delivered more times than ENRICH_MAX_ATTEMPTS"
+	default:
+		session = wh.SessionID
+		log = e.log.With().Str("session_id", session).Str("source", source).Int("attempt", attempt).Str("trace_id", tracing.TraceID(live)).Logger()
+		if span.IsRecording() {
+			span.SetAttributes(attribute.String("verifeye.session_id", session), attribute.String("verifeye.source", source), attribute.Int("verifeye.attempt", attempt))
 		}
-		// The key is refused: hold the message (it burns no attempt), pause
-		// fetching, and try again every AuthRetry until the key works.
-		e.pause(d.Status, err)
-		if !e.holdFor(stop, msg, e.opts.AuthRetry) {
-			_ = msg.NakWithDelay(e.opts.AuthRetry)
-			return
+		var held bool
+		res, d, held, err = e.callStage(stop, live, msg, session, attempt)
+		if !held {
+			return // shutdown during a pause: nakked for later
 		}
-		// Honour the rate limit for the probe too.
-		if e.lim.Wait(stop) != nil {
-			_ = msg.NakWithDelay(e.opts.AuthRetry)
-			return
+		if err != nil {
+			detail = err.Error()
 		}
 	}
 
-	// The publish and ack get a fresh lease: a pause may have outlasted ctx.
-	pctx, pcancel := context.WithTimeout(live, e.opts.AckWait)
-	defer pcancel()
-	ctx = pctx
+	settleCtx, cancel := context.WithTimeout(live, e.opts.AckWait)
+	defer cancel()
 	switch d.Action {
 	case Publish:
-		e.publish(ctx, msg, meta, log, source, session, res)
+		e.publish(settleCtx, msg, meta, log, source, session, res)
 	case Retry:
 		e.m.enrichments.WithLabelValues("retried", d.Reason).Inc()
 		log.Warn().Err(err).Str("decision", "retry").Int("status", d.Status).Dur("delay", d.Delay).Msg("enrichment will be retried")
@@ -336,17 +325,38 @@ func (e *Enricher) handle(stop context.Context, msg jetstream.Msg) {
 			log.Warn().Err(nerr).Msg("nak failed; the message is redelivered after the ack wait")
 		}
 	case DeadLetter:
-		detail := ""
-		if err != nil {
-			detail = err.Error()
-		}
-		e.deadLetter(ctx, msg, meta, source, event, session, d, attempt, detail)
+		e.deadLetter(settleCtx, msg, meta, source, event, session, d, attempt, detail)
 	}
 }
 
-// call runs one API call, telling JetStream the message is in progress while it
-// runs so a slow call does not end in a redelivery.
-func (e *Enricher) call(ctx context.Context, msg jetstream.Msg, session string) (*verifeye.Result, error) {
+// callStage calls the API and decides, until the decision is other than Pause.
+// While the API refuses the key it pauses fetching and holds msg (it burns no
+// attempt), trying again every AuthRetry; held is false when stop ended the
+// pause, and msg has then been nakked for later. apiErr is the last call's
+// error, which d classifies.
+func (e *Enricher) callStage(stop, live context.Context, msg jetstream.Msg, session string, attempt int) (res *verifeye.Result, d Decision, held bool, apiErr error) {
+	for {
+		res, apiErr = e.call(live, msg, session)
+		d = e.opts.Policy.Decide(apiErr, attempt, rand.Float64())
+		if d.Action != Pause {
+			e.resume()
+			return res, d, true, apiErr
+		}
+		e.pause(d.Status, apiErr)
+		// Honour the rate limit for the probe too.
+		if !e.holdFor(stop, msg, e.opts.AuthRetry) || e.lim.Wait(stop) != nil {
+			_ = msg.NakWithDelay(e.opts.AuthRetry)
+			return nil, d, false, apiErr
+		}
+	}
+}
+
+// call runs one API call within an ack wait of its own (callCtx), telling
+// JetStream the message is in progress while it runs so a slow call does not
+// end in a redelivery.
+func (e *Enricher) call(live context.Context, msg jetstream.Msg, session string) (*verifeye.Result, error) {
+	callCtx, cancel := context.WithTimeout(live, e.opts.AckWait)
+	defer cancel()
 	done := make(chan struct{})
 	defer close(done)
 	go func() {
@@ -362,8 +372,8 @@ func (e *Enricher) call(ctx context.Context, msg jetstream.Msg, session string) 
 		}
 	}()
 	start := time.Now()
-	cctx, span := e.opts.Tracing.StartClient(ctx, "GET /v1/verification/get-session-result")
-	res, err := e.api.GetSessionResult(cctx, session)
+	callCtx, span := e.opts.Tracing.StartClient(callCtx, "GET /v1/verification/get-session-result")
+	res, err := e.api.GetSessionResult(callCtx, session)
 	tracing.End(span, err)
 	e.m.observeCall(err, time.Since(start))
 	return res, err
@@ -371,6 +381,9 @@ func (e *Enricher) call(ctx context.Context, msg jetstream.Msg, session string) 
 
 // holdFor waits d while keeping msg in progress; false if stop ended first.
 func (e *Enricher) holdFor(stop context.Context, msg jetstream.Msg, d time.Duration) bool {
+	// At once too: a hold shorter than the tick, repeated, would otherwise
+	// let the ack wait run out between the calls' own ticks.
+	_ = msg.InProgress()
 	deadline := time.NewTimer(d)
 	defer deadline.Stop()
 	tick := time.NewTicker(max(e.opts.AckWait/3, 100*time.Millisecond))
@@ -460,11 +473,10 @@ func (e *Enricher) pause(status int, err error) {
 		e.m.paused.Set(1)
 	}
 	e.pauseBy = "HTTP " + strconv.Itoa(status)
-	if time.Since(e.lastLog) >= e.opts.AuthRetry {
-		e.lastLog = time.Now()
+	e.pauseLog.Do(func() {
 		e.log.Error().Err(err).Int("status", status).Dur("retry_every", e.opts.AuthRetry).
 			Msg("VerifEye API refuses the API key: enrichment paused, webhooks wait in JetStream; check VERIFEYE_API_KEY")
-	}
+	})
 }
 
 func (e *Enricher) resume() {
@@ -473,7 +485,7 @@ func (e *Enricher) resume() {
 	if e.paused {
 		e.paused = false
 		close(e.pauseCh)
-		e.lastLog = time.Time{}
+		e.pauseLog = &rate.Sometimes{Interval: e.opts.AuthRetry} // the next pause logs at once
 		e.m.paused.Set(0)
 		e.log.Info().Msg("VerifEye API accepts the API key again: enrichment resumed")
 	}

@@ -6,13 +6,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -443,7 +446,9 @@ func TestEnricherCrashAfterPublish(t *testing.T) {
 		nc1.Close() // the process is gone before it can ack
 		return nil, errors.New("test: crashed after publishing")
 	})
-	stop1 := r.startReady(enricher.NewWithPublisher(js1, crash, r.client(time.Second), r.log, options()))
+	opts1 := options()
+	opts1.Publisher = crash
+	stop1 := r.startReady(enricher.New(js1, r.client(time.Second), r.log, opts1))
 	natstest.WaitFor(t, 10*time.Second, func() error {
 		if !crashed.Load() {
 			return errors.New("no publish yet")
@@ -833,5 +838,36 @@ func TestEnricherReadsWebhookAsIngest(t *testing.T) {
 	}
 	if got := r.api.TotalCalls(); got != 1 {
 		t.Errorf("API calls = %d, want 1 (for %s only)", got, c)
+	}
+}
+
+// TestEnricherRedirectNotFollowed: an API that answers 302 does not get the
+// webhook enriched by whatever the new location says; the location receives
+// nothing (not the API key either) and the webhook goes to the DLQ as
+// redirected, at once.
+func TestEnricherRedirectNotFollowed(t *testing.T) {
+	r := newRig(t)
+	var elsewhere atomic.Int32
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		elsewhere.Add(1)
+		_, _ = io.WriteString(w, `{"verificationResult":"passed"}`)
+	}))
+	defer other.Close()
+	session := sid(40, 1, "0000")
+	r.api.Script(session, verifeyetest.Reply{Status: http.StatusFound, Header: http.Header{"Location": {other.URL + verifeyetest.ResultPath}}})
+	r.publishWebhook("default", streams.EventCompleted, session)
+
+	r.startReady(enricher.New(r.js, r.client(time.Second), r.log, options()))
+	r.waitCount(streams.DLQ, 1, 10*time.Second)
+	m := natstest.Messages(t, r.js, streams.DLQ)[0]
+	h := m.Headers()
+	if got, want := []string{h.Get(streams.HeaderError), h.Get(streams.HeaderLastStatus), h.Get(streams.HeaderAttempts)}, []string{enricher.ReasonRedirected, "302", "1"}; !cmp.Equal(got, want) {
+		t.Errorf("DLQ reason, last status, attempts = %q, want %q", got, want)
+	}
+	if n := natstest.Count(t, r.js, streams.Results); n != 0 {
+		t.Errorf("results stream holds %d outcomes, want 0", n)
+	}
+	if n := elsewhere.Load(); n != 0 {
+		t.Errorf("the redirect's location received %d requests, want 0", n)
 	}
 }

@@ -49,6 +49,10 @@ const (
 	ReasonAttemptsExhausted = "attempts_exhausted"
 	ReasonMaxDeliveries     = "max_deliveries"
 	ReasonInvalidWebhook    = "invalid_webhook"
+	// ReasonRedirected: the API answered 3xx. The redirect is not followed (it
+	// would carry the API key elsewhere), and retrying gets the same answer: the
+	// webhook waits on the DLQ until VERIFEYE_API_URL is fixed and it is replayed.
+	ReasonRedirected = "redirected"
 )
 
 // Decision is the result of Policy.Decide.
@@ -117,7 +121,9 @@ func (p Policy) Decide(err error, attempt int, jitter float64) Decision {
 		return p.retry("http_"+strconv.Itoa(s), s, ae.RetryAfter, attempt, jitter)
 	case s >= 400:
 		return Decision{Action: DeadLetter, Reason: ReasonRejected, Status: s}
-	default: // 1xx, 3xx: nothing sensible to publish, maybe a proxy hiccup
+	case s >= 300:
+		return Decision{Action: DeadLetter, Reason: ReasonRedirected, Status: s}
+	default: // 1xx: nothing sensible to publish, maybe a proxy hiccup
 		return p.retry("http_"+strconv.Itoa(s), s, ae.RetryAfter, attempt, jitter)
 	}
 }

@@ -78,6 +78,10 @@ func TestPolicyDecide(t *testing.T) {
 			enricher.Decision{Action: enricher.DeadLetter, Reason: enricher.ReasonInvalidResponse, Status: 200}},
 		{"422", apiErr(422, 0), 1, 0,
 			enricher.Decision{Action: enricher.DeadLetter, Reason: enricher.ReasonRejected, Status: 422}},
+		{"302 is not followed", apiErr(302, 0), 1, 0,
+			enricher.Decision{Action: enricher.DeadLetter, Reason: enricher.ReasonRedirected, Status: 302}},
+		{"307 with Retry-After", apiErr(307, time.Second), 1, 0,
+			enricher.Decision{Action: enricher.DeadLetter, Reason: enricher.ReasonRedirected, Status: 307}},
 
 		{"401", apiErr(401, 0), 1, 0,
 			enricher.Decision{Action: enricher.Pause, Reason: "unauthorized", Status: 401}},

@@ -57,22 +57,22 @@ func (n *clusterNode) shutdown() {
 func clusterStart(t *testing.T, size int) []*clusterNode {
 	t.Helper()
 	nodes := make([]*clusterNode, size)
+	// Every node routes to every other, so the route ports are fixed up front;
+	// the client ports are whatever each server binds.
 	var routes []string
-	clientPorts := make([]int, size)
 	routePorts := make([]int, size)
 	for i := range nodes {
-		clientPorts[i], routePorts[i] = natstest.FreePort(t), natstest.FreePort(t)
+		routePorts[i] = natstest.FreePort(t)
 		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", routePorts[i]))
 	}
 	for i := range nodes {
 		name := fmt.Sprintf("n%d", i+1)
 		n := &clusterNode{
 			name: name,
-			url:  fmt.Sprintf("nats://127.0.0.1:%d", clientPorts[i]),
 			opts: natsembed.Options{
 				Name:         name,
 				StoreDir:     t.TempDir(),
-				Addr:         fmt.Sprintf("127.0.0.1:%d", clientPorts[i]),
+				Addr:         "127.0.0.1:0",
 				SyncInterval: time.Minute, // fast; a graceful Shutdown flushes anyway
 				Cluster:      &server.ClusterOpts{Name: "verifeye-test", Host: "127.0.0.1", Port: routePorts[i]},
 				Routes:       routes,
@@ -83,6 +83,7 @@ func clusterStart(t *testing.T, size int) []*clusterNode {
 			t.Fatalf("start NATS server %s: %v", name, err)
 		}
 		n.ns = ns
+		n.url = "nats://" + ns.Addr().String()
 		t.Cleanup(n.shutdown)
 		nodes[i] = n
 	}

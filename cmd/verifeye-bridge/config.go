@@ -117,6 +117,7 @@ type apiConfig struct {
 	APIURL     string        `envconfig:"VERIFEYE_API_URL" desc:"API base URL, http(s)://host[:port][/path] (default: the VERIFEYE_REGION host)"`
 	Region     string        `envconfig:"VERIFEYE_REGION" default:"eu" desc:"eu or us: picks the default API host"`
 	APITimeout time.Duration `envconfig:"VERIFEYE_API_TIMEOUT" default:"10s" desc:"timeout of one Get Session Result call: 100ms to 5m"`
+	Insecure   bool          `envconfig:"VERIFEYE_API_INSECURE" default:"false" desc:"true allows an http:// VERIFEYE_API_URL to a host other than loopback, sending the API key in clear text: for test rigs only"`
 }
 
 // enrichConfig is read by serve, dev and enrich.
@@ -470,6 +471,37 @@ func (c apiConfig) validate(requireKey bool) error {
 		return fmt.Errorf("VERIFEYE_REGION: %q is not eu or us", c.Region)
 	}
 	return inRange("VERIFEYE_API_TIMEOUT", c.APITimeout, 100*time.Millisecond, 5*time.Minute)
+}
+
+// checkURL refuses a VERIFEYE_API_URL that would send the API key in clear
+// text over a network: http:// to a host other than loopback, unless
+// VERIFEYE_API_INSECURE says it is a test rig. It also reports whether the key
+// will travel in clear text, so the caller can warn.
+func (c apiConfig) checkURL() (cleartext bool, err error) {
+	if c.APIURL == "" {
+		return false, nil // the region's https host
+	}
+	u, err := url.Parse(c.APIURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return false, errors.New("VERIFEYE_API_URL: not an absolute http or https URL")
+	}
+	if u.Scheme == "https" || isLoopbackHost(u.Hostname()) {
+		return false, nil
+	}
+	if !c.Insecure {
+		return false, fmt.Errorf("VERIFEYE_API_URL: http:// to %s would send the API key in clear text; use https (VERIFEYE_API_INSECURE=true allows it on a test rig)", u.Hostname())
+	}
+	return true, nil
+}
+
+// isLoopbackHost reports whether host names this machine: localhost, or an
+// IPv4 or IPv6 loopback address.
+func isLoopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func (c enrichConfig) validate() error {

@@ -108,9 +108,21 @@ func TestServeSurvivesKill(t *testing.T) {
 	// not finish is taken up again (by a faster API, to keep the test short).
 	api.SetLatency(0)
 	p = ingestStart(t, log, httpAddr, env, "serve")
+	// Wait for the accepted sessions themselves: webhooks stored while the
+	// kill cut their answer off are enriched too, so a count could be reached
+	// with an accepted one still waiting for its retry.
 	natstest.WaitFor(t, 60*time.Second, func() error {
 		if n, err := crashCount(js, streams.Results); err != nil || n < uint64(len(want)) {
 			return fmt.Errorf("%d outcomes (%v), want at least %d (one per accepted webhook)", n, err, len(want))
+		}
+		have := map[string]bool{}
+		for _, m := range natstest.Messages(t, js, streams.Results) {
+			have[m.Headers().Get(streams.HeaderMsgID)] = true
+		}
+		for _, s := range want {
+			if !have[s] {
+				return fmt.Errorf("session %s has no outcome yet", s)
+			}
 		}
 		return nil
 	})

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/realeyes/verifeye-bridge/enricher/verifeye"
-	"github.com/realeyes/verifeye-bridge/enricher/verifeye/verifeyetest"
+	"github.com/realeyes/verifeye-bridge/enricher/verifeye/simulator"
 )
 
 // cmdDev runs serve against a built-in VerifEye simulator on loopback, with
@@ -57,19 +57,19 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	key := cfg.api.APIKey.value()
 
-	sim := verifeyetest.New(key)
 	simLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return fmt.Errorf("simulator: %w", err)
 	}
-	simSrv := &http.Server{Handler: sim, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second, ErrorLog: httpErrorLog(log.With().Str("component", "simulator").Logger())}
+	// The simulator outlives serve: enrichments finishing during shutdown
+	// still call it.
+	simCtx, stopSim := context.WithCancel(context.WithoutCancel(ctx))
 	simDone := make(chan error, 1)
-	go func() { simDone <- simSrv.Serve(simLn) }()
+	go func() {
+		simDone <- serveSimulator(simCtx, simulator.New(key, simulator.Options{}), simLn, log.With().Str("component", "simulator").Logger())
+	}()
 	defer func() {
-		sim.Close() // ends pending scripted delays
-		c, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		_ = simSrv.Shutdown(c)
+		stopSim()
 		<-simDone
 	}()
 	var deps serviceDeps

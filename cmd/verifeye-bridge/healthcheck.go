@@ -42,10 +42,12 @@ func cmdHealthcheck(ctx context.Context, args []string, stdout, _ io.Writer) err
 	if *timeout <= 0 {
 		return usagef("--timeout: must be positive")
 	}
-	url, err := healthcheckURL(cfg.HTTPAddr, *path)
-	if err != nil {
-		return usageError{err}
+	if _, _, err := net.SplitHostPort(cfg.HTTPAddr); err != nil {
+		return usagef("HTTP_ADDR: %q is not host:port", cfg.HTTPAddr)
 	}
+	// A listen address without a host, or with an unspecified one (0.0.0.0,
+	// ::), is checked on loopback.
+	url := "http://" + loopbackAddr(cfg.HTTPAddr) + *path
 
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
@@ -70,18 +72,4 @@ func cmdHealthcheck(ctx context.Context, args []string, stdout, _ io.Writer) err
 	}
 	fmt.Fprintf(stdout, "ok: GET %s: %s\n", url, resp.Status)
 	return nil
-}
-
-// healthcheckURL returns the URL of path on the listen address addr. A listen
-// address without a host, or with an unspecified one (0.0.0.0, ::), is
-// checked on loopback.
-func healthcheckURL(addr, path string) (string, error) {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return "", fmt.Errorf("HTTP_ADDR: %q is not host:port", addr)
-	}
-	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
-		host = "127.0.0.1"
-	}
-	return "http://" + net.JoinHostPort(host, port) + path, nil
 }

@@ -51,18 +51,19 @@ func TestHealthcheck(t *testing.T) {
 	}
 }
 
-// TestHealthcheckURL checks which address the healthcheck asks.
-func TestHealthcheckURL(t *testing.T) {
+// TestLoopbackAddr checks which address the healthcheck and dev's banner use
+// for a listen address.
+func TestLoopbackAddr(t *testing.T) {
 	for _, tc := range []struct{ addr, want string }{
-		{":8080", "http://127.0.0.1:8080/readyz"},
-		{"0.0.0.0:8080", "http://127.0.0.1:8080/readyz"},
-		{"[::]:8080", "http://127.0.0.1:8080/readyz"},
-		{"10.1.2.3:9000", "http://10.1.2.3:9000/readyz"},
-		{"[::1]:8080", "http://[::1]:8080/readyz"},
+		{":8080", "127.0.0.1:8080"},
+		{"0.0.0.0:8080", "127.0.0.1:8080"},
+		{"[::]:8080", "127.0.0.1:8080"},
+		{"10.1.2.3:9000", "10.1.2.3:9000"},
+		{"[::1]:8080", "[::1]:8080"},
+		{"localhost:4222", "localhost:4222"},
 	} {
-		got, err := healthcheckURL(tc.addr, "/readyz")
-		if err != nil || got != tc.want {
-			t.Errorf("healthcheckURL(%q) = %q, %v; want %q", tc.addr, got, err, tc.want)
+		if got := loopbackAddr(tc.addr); got != tc.want {
+			t.Errorf("loopbackAddr(%q) = %q; want %q", tc.addr, got, tc.want)
 		}
 	}
 }

@@ -470,6 +470,8 @@ func TestServiceConfigErrors(t *testing.T) {
 		{"bad publish timeout", "serve", []string{key, "INGEST_PUBLISH_TIMEOUT=soon"}, "INGEST_PUBLISH_TIMEOUT"},
 		{"bad sync setting", "serve", []string{key, "NATS_EMBEDDED_SYNC=sometimes"}, "NATS_EMBEDDED_SYNC"},
 		{"bad subject prefix", "serve", []string{key, "SUBJECT_PREFIX=a.b"}, "SUBJECT_PREFIX"},
+		{"API key in clear text to a remote host", "serve", []string{key, "VERIFEYE_API_URL=http://example.com"}, "VERIFEYE_API_URL"},
+		{"enrich: API key in clear text to a remote host", "enrich", []string{key, noNATS, "VERIFEYE_API_URL=http://192.0.2.1:8080"}, "VERIFEYE_API_URL"},
 		{"ingest without NATS_URL", "ingest", []string{key}, "NATS_URL"},
 		{"ingest without key or hash", "ingest", []string{noNATS}, "VERIFEYE_API_KEY"},
 		{"ingest token mode without token", "ingest", []string{noNATS, "WEBHOOK_AUTH=token"}, "WEBHOOK_TOKEN"},

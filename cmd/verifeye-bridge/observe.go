@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
+	"github.com/realeyes/verifeye-bridge/enricher/verifeye"
 	"github.com/realeyes/verifeye-bridge/internal/ops"
 	"github.com/realeyes/verifeye-bridge/internal/streams"
 	"github.com/realeyes/verifeye-bridge/internal/tracing"
@@ -85,16 +86,9 @@ func startTracing(ctx context.Context, c observeConfig, exp sdktrace.SpanExporte
 }
 
 // tracedHTTPClient is the Get Session Result client's HTTP client: the
-// default transport with enough idle connections for a pool of workers, adding
-// each call's traceparent.
+// client's own transport, adding each call's traceparent.
 func tracedHTTPClient() *http.Client {
-	base := http.DefaultTransport
-	if dt, ok := base.(*http.Transport); ok {
-		t := dt.Clone()
-		t.MaxIdleConnsPerHost = 64
-		base = t
-	}
-	return &http.Client{Transport: tracing.Transport(base)}
+	return &http.Client{Transport: tracing.Transport(verifeye.NewTransport())}
 }
 
 // observer samples into gauges what a scrape must not wait for (stream

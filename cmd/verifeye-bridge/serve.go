@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -109,6 +110,11 @@ func (c *serviceConfig) load() error {
 	if c.ingest != nil {
 		check = append(check, func() error { return c.ingest.validate(*c.api) })
 	}
+	// Only where the client is built from VERIFEYE_API_URL: dev ignores it (it
+	// calls its own simulator).
+	if c.enrich != nil && c.name != "dev" {
+		check = append(check, func() error { _, err := c.api.checkURL(); return err })
+	}
 	if c.enrich != nil {
 		check = append(check, c.enrich.validate)
 	}
@@ -194,6 +200,9 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 			if err != nil {
 				ln.Close()
 				return usageError{err}
+			}
+			if cleartext, _ := cfg.api.checkURL(); cleartext {
+				log.Warn().Msg("VERIFEYE_API_INSECURE=true: the API key is sent in clear text to VERIFEYE_API_URL; for test rigs only")
 			}
 		}
 		enr = enricher.New(js, client, log.With().Str("component", "enricher").Logger(), enricher.Options{
@@ -314,18 +323,14 @@ func (w zerologWriter) Write(p []byte) (int, error) {
 // ensureStreams creates or updates the streams, retrying until it succeeds or
 // ctx ends: a NATS outage at start delays readiness, it does not stop the process.
 func ensureStreams(ctx context.Context, js jetstream.JetStream, s streams.Subjects, l streams.Limits, log zerolog.Logger) {
-	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 10*time.Second) {
-		err := streams.Ensure(ctx, js, s, l)
-		if err == nil {
-			log.Info().Int("replicas", l.Replicas).Dur("duplicate_window", l.Duplicates).Msg("streams ready")
-			return
-		}
-		log.Error().Err(err).Dur("retry_in", wait).Msg("cannot create or update streams")
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(wait):
-		}
+	_, err := backoff.Retry(ctx, func() (struct{}, error) { return struct{}{}, streams.Ensure(ctx, js, s, l) },
+		backoff.WithBackOff(&backoff.ExponentialBackOff{InitialInterval: 250 * time.Millisecond, Multiplier: 2, MaxInterval: 10 * time.Second}),
+		backoff.WithMaxElapsedTime(0),
+		backoff.WithNotify(func(err error, wait time.Duration) {
+			log.Error().Err(err).Dur("retry_in", wait).Msg("cannot create or update streams")
+		}))
+	if err == nil {
+		log.Info().Int("replicas", l.Replicas).Dur("duplicate_window", l.Duplicates).Msg("streams ready")
 	}
 }
 

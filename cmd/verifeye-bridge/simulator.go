@@ -13,7 +13,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/realeyes/verifeye-bridge/enricher/verifeye/verifeyetest"
+	"github.com/realeyes/verifeye-bridge/enricher/verifeye/simulator"
 )
 
 // simulatorConfig is read by simulator.
@@ -36,7 +36,7 @@ func (c simulatorConfig) validate() error {
 	)
 }
 
-// cmdSimulator serves the VerifEye simulator (package verifeyetest) alone, so a
+// cmdSimulator serves the VerifEye simulator (package simulator) alone, so a
 // compose file or a staging cluster can point VERIFEYE_API_URL at it. It is a
 // stand-in for VerifEye and never for production: it answers any well-formed
 // session ID with a made-up result.
@@ -48,7 +48,7 @@ func cmdSimulator(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			"demos, compose and load tests. NEVER use it in production: it answers any\n"+
 			"well-formed session ID with a made-up result. The last group of the session\n"+
 			"ID picks the outcome (fa11ed... failed, 0000... passed, 404404... 404,\n"+
-			"500500... 500; see package verifeyetest). It also serves /healthz and /readyz.",
+			"500500... 500; see package simulator). It also serves /healthz and /readyz.",
 		"VERIFEYE_API_KEY=demo-key HTTP_ADDR=:8090 verifeye-bridge simulator", &cfg); err != nil {
 		return err
 	}
@@ -69,10 +69,18 @@ func cmdSimulator(ctx context.Context, args []string, stdout, stderr io.Writer) 
 
 // simulate serves the simulator on ln until ctx is cancelled.
 func simulate(ctx context.Context, cfg simulatorConfig, ln net.Listener, log zerolog.Logger) error {
-	fake := verifeyetest.New(cfg.APIKey.value())
-	fake.SetLatency(cfg.Latency)
-	defer fake.Close()
+	sim := simulator.New(cfg.APIKey.value(), simulator.Options{Latency: cfg.Latency})
+	log.Warn().Str("http_addr", ln.Addr().String()).Str("path", simulator.ResultPath).
+		Msg("VerifEye SIMULATOR started: a stand-in for the real API, never for production")
+	err := serveSimulator(ctx, sim, ln, log)
+	log.Info().Err(err).Msg("simulator stopped")
+	return err
+}
 
+// serveSimulator serves sim, with /healthz and /readyz, on ln until ctx is
+// cancelled; then it ends the simulated delays and shuts the server down.
+// The simulator subcommand and dev both serve it this way.
+func serveSimulator(ctx context.Context, sim *simulator.Server, ln net.Listener, log zerolog.Logger) error {
 	mux := http.NewServeMux()
 	ok := func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -80,7 +88,7 @@ func simulate(ctx context.Context, cfg simulatorConfig, ln net.Listener, log zer
 	}
 	mux.HandleFunc("GET /healthz", ok)
 	mux.HandleFunc("GET /readyz", ok)
-	mux.Handle("/", fake)
+	mux.Handle("/", sim)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second, ErrorLog: httpErrorLog(log.With().Str("component", "http").Logger())}
 
 	g, gctx := errgroup.WithContext(ctx)
@@ -94,12 +102,8 @@ func simulate(ctx context.Context, cfg simulatorConfig, ln net.Listener, log zer
 		<-gctx.Done()
 		c, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		fake.Close() // ends pending simulated delays, so Shutdown does not wait for them
+		sim.Close() // ends pending simulated delays, so Shutdown does not wait for them
 		return srv.Shutdown(c)
 	})
-	log.Warn().Str("http_addr", ln.Addr().String()).Str("path", verifeyetest.ResultPath).
-		Msg("VerifEye SIMULATOR started: a stand-in for the real API, never for production")
-	err := g.Wait()
-	log.Info().Err(err).Msg("simulator stopped")
-	return err
+	return g.Wait()
 }

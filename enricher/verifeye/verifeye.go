@@ -9,8 +9,10 @@
 // body is not a JSON object comes back as [ErrInvalidResponse]; anything else is a
 // transport error (connection refused, reset, timeout) wrapped with %w.
 //
-// The API key travels only in the Authorization header. No error this package
-// returns contains it.
+// The API key travels only in the Authorization header, and only to the
+// configured host: the client never follows a redirect (a 3xx comes back as an
+// [*APIError] like any other non-2xx answer). No error this package returns
+// contains it.
 package verifeye
 
 import (
@@ -70,8 +72,9 @@ func DefaultURL(region string) (string, error) {
 // Options are the tunables of a [Client]. The zero value works.
 type Options struct {
 	// HTTPClient sends the requests. If nil, the Client uses its own http.Client
-	// whose transport keeps enough idle connections per host for a pool of workers.
-	// Its Timeout, if any, applies on top of Options.Timeout.
+	// whose transport is [NewTransport]. Its Timeout, if any, applies on top of
+	// Options.Timeout. Its CheckRedirect is ignored: the Client uses a copy that
+	// never follows a redirect.
 	HTTPClient *http.Client
 
 	// Timeout bounds each call, from sending the request to reading the whole
@@ -122,16 +125,21 @@ func New(baseURL, apiKey string, opts Options) (*Client, error) {
 		}
 	}
 
+	hc := &http.Client{Transport: NewTransport()}
+	if opts.HTTPClient != nil {
+		cp := *opts.HTTPClient
+		hc = &cp
+	}
+	// A redirect would carry the API key to a host nobody configured, and its
+	// answer would be published as the session's outcome: never follow one.
+	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	c := &Client{
 		endpoint:   strings.TrimRight(u.String(), "/") + resultPath,
 		apiKey:     apiKey,
-		httpClient: opts.HTTPClient,
+		httpClient: hc,
 		timeout:    opts.Timeout,
 		userAgent:  opts.UserAgent,
 		now:        opts.Now,
-	}
-	if c.httpClient == nil {
-		c.httpClient = &http.Client{Transport: newTransport()}
 	}
 	if c.timeout <= 0 {
 		c.timeout = defaultTimeout
@@ -145,10 +153,11 @@ func New(baseURL, apiKey string, opts Options) (*Client, error) {
 	return c, nil
 }
 
-// newTransport returns a transport like http.DefaultTransport but keeping more idle
+// NewTransport returns a transport like http.DefaultTransport but keeping more idle
 // connections per host: the enricher runs many workers against one host, and the
-// default of 2 would make most calls open a new TLS connection.
-func newTransport() http.RoundTripper {
+// default of 2 would make most calls open a new TLS connection. Callers that wrap
+// the transport (to trace the calls) start from this one.
+func NewTransport() http.RoundTripper {
 	dt, ok := http.DefaultTransport.(*http.Transport)
 	if !ok {
 		return http.DefaultTransport
@@ -174,7 +183,7 @@ type Result struct {
 
 // APIError is a non-2xx answer of the API. Match it with errors.As; the enricher's
 // failure policy decides on Status (401/403: configuration, 404: not yet or never,
-// 429/5xx: retry after RetryAfter or a backoff).
+// 429/5xx: retry after RetryAfter or a backoff, 3xx: a redirect, never followed).
 type APIError struct {
 	// Status is the HTTP status code.
 	Status int
@@ -208,7 +217,8 @@ func (e *APIError) Error() string {
 //
 // It returns a *Result for any 2xx answer whose body is a JSON object, whatever the
 // object holds. Otherwise it returns an error:
-//   - *APIError for any non-2xx answer;
+//   - *APIError for any non-2xx answer, a 3xx included: redirects are not
+//     followed;
 //   - an error wrapping ErrInvalidResponse for a 2xx body that is not a JSON object;
 //   - an error wrapping the transport's error (connection refused or reset, DNS,
 //     context cancelled). When the per-call Timeout or ctx's deadline expires,

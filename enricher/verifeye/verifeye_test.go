@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -690,5 +693,37 @@ func TestSetAPIKey(t *testing.T) {
 	s.SetAPIKey(rotated)
 	if _, err := c.GetSessionResult(context.Background(), id); err != nil {
 		t.Errorf("GetSessionResult(%q) after SetAPIKey error = %v, want nil", id, err)
+	}
+}
+
+// TestRedirectNotFollowed checks that a 3xx from the API comes back as an
+// APIError and that the location it names receives nothing: neither the key
+// nor a request whose answer could be published as the outcome.
+func TestRedirectNotFollowed(t *testing.T) {
+	for _, status := range []int{http.StatusMovedPermanently, http.StatusFound, http.StatusSeeOther, http.StatusTemporaryRedirect, http.StatusPermanentRedirect} {
+		t.Run(strconv.Itoa(status), func(t *testing.T) {
+			var elsewhere atomic.Int32
+			other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				elsewhere.Add(1)
+				_, _ = io.WriteString(w, `{"verificationResult":"passed"}`)
+			}))
+			defer other.Close()
+			api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				http.Redirect(w, r, other.URL+r.URL.RequestURI(), status)
+			}))
+			defer api.Close()
+
+			for _, opts := range []verifeye.Options{{}, {HTTPClient: &http.Client{}}} {
+				res, err := newClient(t, api.URL, opts).GetSessionResult(context.Background(), sid(1, "000000000001"))
+				var apiErr *verifeye.APIError
+				if !errors.As(err, &apiErr) || apiErr.Status != status {
+					t.Fatalf("GetSessionResult() after HTTP %d = %v, %v; want an APIError with status %d", status, res, err, status)
+				}
+				checkNoKey(t, err)
+			}
+			if n := elsewhere.Load(); n != 0 {
+				t.Errorf("the redirect's target received %d requests; want 0", n)
+			}
+		})
 	}
 }

@@ -20,7 +20,7 @@ type Webhooks struct {
 // SessionID returns the seq-th session ID of run: run-hhhh-4000-8000-llllllllllll
 // in 8-4-4-4-12 hex, with seq's high 16 bits in the second group and its low 48
 // bits in the last. Below 2^32 the last group starts with "0000", which the
-// verifeyetest fake answers with a 200 "passed".
+// simulator answers with a 200 "passed".
 func SessionID(run uint32, seq uint64) string {
 	return string(appendSessionID(nil, run, seq))
 }

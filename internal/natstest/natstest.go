@@ -6,7 +6,6 @@ package natstest
 import (
 	"context"
 	"net"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -36,18 +35,27 @@ func Start(t testing.TB) *Server {
 }
 
 // StartWith starts a server with opts and shuts it down when t ends. An empty
-// Addr is replaced by a fixed free loopback port so Restart can reuse it.
+// Addr, or port 0, lets the server pick a free loopback port as it binds (no
+// other test can take it in between); Addr then reports that port, and
+// Restart binds it again.
 func StartWith(t testing.TB, opts natsembed.Options) *Server {
 	t.Helper()
 	if opts.Addr == "" {
-		opts.Addr = "127.0.0.1:" + strconv.Itoa(FreePort(t))
+		opts.Addr = "127.0.0.1:0"
 	}
-	s := &Server{t: t, opts: opts}
 	ns, err := natsembed.Start(opts)
 	if err != nil {
 		t.Fatalf("natstest: start: %v", err)
 	}
-	s.ns = ns
+	if opts.Addr != "-" {
+		addr, ok := ns.Addr().(*net.TCPAddr)
+		if !ok {
+			natsembed.Shutdown(ns)
+			t.Fatalf("natstest: start: the server listens on %v, not TCP", ns.Addr())
+		}
+		opts.Addr = addr.String()
+	}
+	s := &Server{t: t, opts: opts, ns: ns}
 	t.Cleanup(s.Shutdown)
 	return s
 }
@@ -144,7 +152,10 @@ func (s *Server) JetStream() jetstream.JetStream {
 	return js
 }
 
-// FreePort returns a loopback TCP port that was free a moment ago.
+// FreePort returns a loopback TCP port that was free a moment ago. Another
+// test may take it before it is bound again: use it only for an address that
+// must stay unused, or that another process must bind itself. Servers in the
+// test process bind port 0 and report the port they got.
 func FreePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")

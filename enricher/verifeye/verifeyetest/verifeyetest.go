@@ -1,57 +1,31 @@
 // Package verifeyetest is a scripted fake of the VerifEye Service API's Get Session
-// Result endpoint. Tests use it to drive the real client over real HTTP; the `dev`
-// subcommand serves it as a simulator. It does not import package testing.
+// Result endpoint, for tests: they drive the real client over real HTTP against it.
+// It builds on package simulator (the stand-in `dev` serves) and answers like it by
+// default: any well-formed session ID (8-4-4-4-12 hex) gets a realistic 200 body
+// derived deterministically from the ID, and the ID's last group picks the outcome
+// (see the simulator's package doc; [BodyFor], [OutcomeFor]). On top of that, per
+// session, tests can [Server.Script] a queue of replies, [Server.Register] a specific
+// body, switch to [Server.SetStrict] mode where only registered sessions exist, and
+// set a global fault with [Server.SetFault]. Registering a body for an ID overrides
+// the simulator's rules; scripted replies and a fault override everything.
 //
-// By default the fake answers any well-formed session ID (8-4-4-4-12 hex) with a
-// realistic 200 body derived deterministically from the ID (see [BodyFor]). On top
-// of that, per session, tests can [Server.Script] a queue of replies, [Server.Register]
-// a specific body, switch to [Server.SetStrict] mode where only registered sessions
-// exist, and set a global fault with [Server.SetFault].
-//
-// # Picking an outcome with the session ID
-//
-// The last group of the session ID (its 12 final hex digits, case-insensitive)
-// chooses the default answer when it starts with:
-//
-//	fa11ed   200, verificationResult "failed" (liveness failed)
-//	0000     200, verificationResult "passed", every verifier passed
-//	7e57     200, verificationResult "passed", one verifier "not_executed"
-//	404404   404 on every call (a session the API never knows)
-//	500500   500 on every call (a session that breaks the API)
-//
-// For example 3f2a9c1e-0000-4000-8000-fa11ed000001 fails and
-// 3f2a9c1e-0000-4000-8000-000000000001 passes. Any other ID gets an outcome from a
-// hash of the ID: about 80% passed, 15% failed (liveness), 5% passed with one
-// verifier not_executed. Registering a body for an ID overrides these rules; scripted
-// replies and a fault override everything.
-//
-// # Assumptions
-//
-// Realeyes does not publish the JSON shape of Get Session Result, nor of its error
-// answers, nor whether it returns 404 or 429. The bodies generated here are an
-// ASSUMPTION: a flat camelCase object with the keys the redirect flow documents
-// (verifeye-api.md). Error bodies ({"error","message"}) are invented. Code under test
-// must not depend on either beyond what verifeye-api.md marks as known.
+// It does not import package testing, and nothing but tests imports it.
 package verifeyetest
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"crypto/subtle"
-	"encoding/binary"
-	"encoding/hex"
-	"encoding/json"
-	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/realeyes/verifeye-bridge/enricher/verifeye/simulator"
 )
 
 // ResultPath is the path of the Get Session Result endpoint.
-const ResultPath = "/v1/verification/get-session-result"
+const ResultPath = simulator.ResultPath
 
 // Reply is one scripted answer.
 //
@@ -119,14 +93,11 @@ type Server struct {
 	// "http://127.0.0.1:41234"; empty for a Server built with New.
 	URL string
 
-	ts        *httptest.Server
-	done      chan struct{} // closed by Close; ends pending delays
-	closeOnce sync.Once
+	sim *simulator.Server
+	ts  *httptest.Server
 
 	mu      sync.Mutex
-	apiKey  string
 	strict  bool
-	latency time.Duration
 	fault   *Reply
 	scripts map[string][]Reply // by normalized session ID
 	known   map[string][]byte  // registered bodies, by normalized session ID
@@ -138,13 +109,13 @@ type Server struct {
 // http.Handler. An empty apiKey accepts no request. Call Close when done if delays
 // may be pending.
 func New(apiKey string) *Server {
-	return &Server{
-		done:    make(chan struct{}),
-		apiKey:  apiKey,
+	s := &Server{
 		scripts: make(map[string][]Reply),
 		known:   make(map[string][]byte),
 		calls:   make(map[string]int),
 	}
+	s.sim = simulator.New(apiKey, simulator.Options{Answer: s.answer})
+	return s
 }
 
 // Start returns a fake API accepting apiKey, served by an httptest.Server on
@@ -161,7 +132,7 @@ func Start(apiKey string) *Server {
 // for a Server from Start, shuts the listener down and waits for in-flight
 // requests. It is safe to call more than once.
 func (s *Server) Close() {
-	s.closeOnce.Do(func() { close(s.done) })
+	s.sim.Close()
 	if s.ts != nil {
 		s.ts.Close()
 	}
@@ -170,9 +141,7 @@ func (s *Server) Close() {
 // SetAPIKey changes the key the fake accepts from now on, to simulate a key rotated
 // on the VerifEye side or fixed in our configuration.
 func (s *Server) SetAPIKey(key string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.apiKey = key
+	s.sim.SetAPIKey(key)
 }
 
 // SetStrict switches strict mode. In strict mode a session that is neither
@@ -187,9 +156,7 @@ func (s *Server) SetStrict(strict bool) {
 // SetLatency sets a base delay added to every 200 answer (benchmarks use 50 ms).
 // Like Reply.Delay, it ends early when the request is cancelled.
 func (s *Server) SetLatency(d time.Duration) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.latency = d
+	s.sim.SetLatency(d)
 }
 
 // SetFault makes every authorized call answer with *f, whatever the session, until
@@ -249,55 +216,32 @@ func (s *Server) TotalCalls() int {
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.total++
-	s.mu.Unlock()
-
-	if r.URL.Path != ResultPath {
-		writeError(w, http.StatusNotFound, "no such endpoint")
-		return
-	}
-	if r.Method != http.MethodGet {
-		w.Header().Set("Allow", http.MethodGet)
-		writeError(w, http.StatusMethodNotAllowed, "use GET")
-		return
-	}
-	id := r.URL.Query().Get("verificationSessionId")
-
-	s.mu.Lock()
-	if id != "" {
-		s.calls[normalize(id)]++
-	}
-	want := "ApiKey " + s.apiKey
-	got := r.Header.Get("Authorization")
-	var reply Reply
-	switch {
-	case s.apiKey == "" || subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1:
-		reply = Reply{
-			Status: http.StatusUnauthorized,
-			Body:   errorBody(http.StatusUnauthorized, "missing or invalid API key"),
-			Header: http.Header{"Www-Authenticate": {"ApiKey"}},
+	if r.URL.Path == ResultPath && r.Method == http.MethodGet {
+		if id := r.URL.Query().Get("verificationSessionId"); id != "" {
+			s.calls[normalize(id)]++
 		}
+	}
+	s.mu.Unlock()
+	s.sim.ServeHTTP(w, r)
+}
+
+// answer picks the reply to an authorized call, for the simulator.
+func (s *Server) answer(id string) simulator.Reply {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
 	case s.fault != nil:
 		// An outage does not care whether the ID is well-formed.
-		reply = s.resolveLocked(id, *s.fault)
-	case !validSessionID(id):
-		reply = Reply{
-			Status: http.StatusBadRequest,
-			Body:   errorBody(http.StatusBadRequest, "verificationSessionId is missing or not a UUID"),
-		}
-	default:
-		reply = s.nextLocked(id)
+		return s.resolveLocked(id, *s.fault)
+	case !simulator.ValidSessionID(id):
+		return simulator.Answer(id) // 400
 	}
-	if reply.Status == http.StatusOK {
-		reply.Delay += s.latency
-	}
-	s.mu.Unlock()
-
-	s.write(w, r, reply)
+	return s.nextLocked(id)
 }
 
 // nextLocked picks the answer for a well-formed, authorized call when no fault is
 // set: the next scripted reply, else the default. s.mu must be held.
-func (s *Server) nextLocked(id string) Reply {
+func (s *Server) nextLocked(id string) simulator.Reply {
 	key := normalize(id)
 	if q := s.scripts[key]; len(q) > 0 {
 		r := q[0]
@@ -313,7 +257,7 @@ func (s *Server) nextLocked(id string) Reply {
 
 // resolveLocked turns r into a concrete reply (non-zero Status, body set) for id.
 // s.mu must be held.
-func (s *Server) resolveLocked(id string, r Reply) Reply {
+func (s *Server) resolveLocked(id string, r Reply) simulator.Reply {
 	if r.Status == 0 {
 		d := s.defaultLocked(id)
 		d.Delay += r.Delay
@@ -324,27 +268,24 @@ func (s *Server) resolveLocked(id string, r Reply) Reply {
 		if r.Status == http.StatusOK {
 			r.Body = s.bodyLocked(id)
 		} else {
-			r.Body = errorBody(r.Status, http.StatusText(r.Status))
+			r.Body = simulator.ErrorBody(r.Status, http.StatusText(r.Status))
 		}
 	}
-	return r
+	return simulator.Reply(r)
 }
 
-// defaultLocked is the answer for an unscripted session. s.mu must be held.
-func (s *Server) defaultLocked(id string) Reply {
+// defaultLocked is the answer for an unscripted session: the registered body,
+// else the simulator's answer, which strict mode turns from 200 to 404. s.mu
+// must be held.
+func (s *Server) defaultLocked(id string) simulator.Reply {
 	if body, ok := s.known[normalize(id)]; ok {
-		return Reply{Status: http.StatusOK, Body: body}
+		return simulator.Reply{Status: http.StatusOK, Body: body}
 	}
-	switch kindOf(id, hashOf(id)) {
-	case kindAlways404:
-		return Reply{Status: http.StatusNotFound, Body: errorBody(http.StatusNotFound, "verification session not found")}
-	case kindAlways500:
-		return Reply{Status: http.StatusInternalServerError, Body: errorBody(http.StatusInternalServerError, "internal error")}
+	d := simulator.Answer(id)
+	if s.strict && d.Status == http.StatusOK {
+		return simulator.NotFound()
 	}
-	if s.strict {
-		return Reply{Status: http.StatusNotFound, Body: errorBody(http.StatusNotFound, "verification session not found")}
-	}
-	return Reply{Status: http.StatusOK, Body: BodyFor(id)}
+	return d
 }
 
 // bodyLocked is the 200 body for id: registered, else generated. s.mu must be held.
@@ -353,60 +294,6 @@ func (s *Server) bodyLocked(id string) []byte {
 		return body
 	}
 	return BodyFor(id)
-}
-
-// write sends a resolved reply after its delay.
-func (s *Server) write(w http.ResponseWriter, r *http.Request, reply Reply) {
-	if reply.Delay > 0 {
-		t := time.NewTimer(reply.Delay)
-		defer t.Stop()
-		select {
-		case <-t.C:
-		case <-r.Context().Done():
-			return // the client is gone
-		case <-s.done:
-			// Drop the connection rather than send a half-made answer.
-			panic(http.ErrAbortHandler)
-		}
-	}
-
-	h := w.Header()
-	for k, vs := range reply.Header {
-		h[http.CanonicalHeaderKey(k)] = append([]string(nil), vs...)
-	}
-	if h.Get("Content-Type") == "" {
-		h.Set("Content-Type", "application/json")
-	}
-	w.WriteHeader(reply.Status)
-	if bodyAllowed(reply.Status) {
-		_, _ = w.Write(reply.Body)
-	}
-}
-
-// bodyAllowed reports whether a response with this status may carry a body.
-func bodyAllowed(status int) bool {
-	return status >= 200 && status != http.StatusNoContent && status != http.StatusNotModified
-}
-
-// writeError sends an error answer with a JSON body.
-func writeError(w http.ResponseWriter, status int, message string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_, _ = w.Write(errorBody(status, message))
-}
-
-// errorBody is the fake's error body. Its shape is invented: VerifEye's is not
-// published.
-func errorBody(status int, message string) []byte {
-	slug := strings.ToLower(strings.ReplaceAll(http.StatusText(status), " ", "_"))
-	if slug == "" {
-		slug = "error"
-	}
-	b, _ := json.Marshal(struct {
-		Error   string `json:"error"`
-		Message string `json:"message"`
-	}{slug, message})
-	return b
 }
 
 func cloneReply(r Reply) Reply {
@@ -420,168 +307,15 @@ func normalize(id string) string {
 	return strings.ToLower(id)
 }
 
-// validSessionID reports whether id is 8-4-4-4-12 hex digits, either case.
-func validSessionID(id string) bool {
-	if len(id) != 36 {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		switch i {
-		case 8, 13, 18, 23:
-			if c != '-' {
-				return false
-			}
-		default:
-			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
-				return false
-			}
-		}
-	}
-	return true
-}
-
-// kind is the default answer class of a session.
-type kind int
-
-const (
-	kindPassed kind = iota
-	kindFailed
-	kindNotExecuted // overall passed, one verifier not_executed
-	kindAlways404
-	kindAlways500
-)
-
-// hashOf is the seed of everything generated for id.
-func hashOf(id string) [32]byte {
-	return sha256.Sum256([]byte(normalize(id)))
-}
-
-// kindOf applies the magic session-ID rules (see the package doc), else spreads IDs
-// by hash: 80% passed, 15% failed, 5% not_executed.
-func kindOf(id string, h [32]byte) kind {
-	if validSessionID(id) {
-		last := normalize(id[24:])
-		switch {
-		case strings.HasPrefix(last, "fa11ed"):
-			return kindFailed
-		case strings.HasPrefix(last, "0000"):
-			return kindPassed
-		case strings.HasPrefix(last, "7e57"):
-			return kindNotExecuted
-		case strings.HasPrefix(last, "404404"):
-			return kindAlways404
-		case strings.HasPrefix(last, "500500"):
-			return kindAlways500
-		}
-	}
-	switch p := binary.BigEndian.Uint16(h[0:2]) % 100; {
-	case p < 80:
-		return kindPassed
-	case p < 95:
-		return kindFailed
-	default:
-		return kindNotExecuted
-	}
-}
-
-// resultBody is the ASSUMED shape of a Get Session Result body: Realeyes does not
-// publish it. Keys are those the redirect flow documents (verifeye-api.md); field
-// order is fixed so bodies are reproducible byte for byte.
-type resultBody struct {
-	VerificationSessionID    string `json:"verificationSessionId"`
-	VerificationResult       string `json:"verificationResult"`
-	LivenessResult           string `json:"livenessResult"`
-	FaceRecognitionResult    string `json:"faceRecognitionResult"`
-	AgeVerificationResult    string `json:"ageVerificationResult"`
-	GenderVerificationResult string `json:"genderVerificationResult"`
-	FaceID                   string `json:"faceId,omitempty"`
-	Age                      *int   `json:"age,omitempty"`
-	Gender                   string `json:"gender,omitempty"`
-	CorrelationID            string `json:"correlationId,omitempty"`
-	ExternalID               string `json:"externalId,omitempty"`
-	TotalFaceCount           int    `json:"totalFaceCount"`
-	FailedReason             string `json:"failedReason,omitempty"`
-	// ProcessingTimeMs is not a documented key: some bodies carry it so consumers
-	// prove they ignore keys they do not know.
-	ProcessingTimeMs int `json:"processingTimeMs,omitempty"`
-}
-
-// BodyFor returns the 200 body the fake generates for sessionID when it is neither
-// registered nor scripted: a flat JSON object whose outcome follows the magic
-// session-ID rules or the ID's hash (see the package doc). The result depends only
-// on sessionID (the ID is echoed as given; everything else ignores case), so tests
-// can compare a client's result with it byte for byte. About a quarter of bodies omit
-// correlationId, a third omit externalId, and a fifth carry an undocumented extra key.
+// BodyFor returns the 200 body the fake answers for sessionID when it is neither
+// registered nor scripted: [simulator.BodyFor]. The result depends only on
+// sessionID, so tests can compare a client's result with it byte for byte.
 func BodyFor(sessionID string) []byte {
-	h := hashOf(sessionID)
-	h2 := sha256.Sum256(h[:])
-	age := 18 + int(h[7]%50)
-	b := resultBody{
-		VerificationSessionID:    sessionID,
-		VerificationResult:       "passed",
-		LivenessResult:           "passed",
-		FaceRecognitionResult:    "passed",
-		AgeVerificationResult:    "passed",
-		GenderVerificationResult: "passed",
-		FaceID:                   hex.EncodeToString(h[16:32]),
-		Age:                      &age,
-		Gender:                   [2]string{"male", "female"}[h[8]%2],
-		CorrelationID:            formatUUID(h2[0:16]),
-		ExternalID:               "ext-" + hex.EncodeToString(h2[16:20]),
-		TotalFaceCount:           1,
-	}
-	switch kindOf(sessionID, h) {
-	case kindFailed:
-		b.VerificationResult = "failed"
-		b.LivenessResult = "failed"
-		b.FailedReason = "liveness_failed"
-	case kindNotExecuted:
-		switch h[3] % 3 {
-		case 0:
-			b.FaceRecognitionResult = "not_executed"
-			b.FaceID = ""
-		case 1:
-			b.AgeVerificationResult = "not_executed"
-			b.Age = nil
-		case 2:
-			b.GenderVerificationResult = "not_executed"
-			b.Gender = ""
-		}
-	}
-	if h[4]%4 == 0 {
-		b.CorrelationID = ""
-	}
-	if h[5]%3 == 0 {
-		b.ExternalID = ""
-	}
-	if h[6]%5 == 0 {
-		b.ProcessingTimeMs = 300 + int(binary.BigEndian.Uint16(h[9:11])%2000)
-	}
-	out, err := json.Marshal(b)
-	if err != nil {
-		panic(fmt.Sprintf("verifeyetest: marshal generated body: %v", err)) // cannot happen: fixed types
-	}
-	return out
+	return simulator.BodyFor(sessionID)
 }
 
 // OutcomeFor returns the verificationResult of BodyFor(sessionID): "passed" or
-// "failed" ("passed" also when a verifier is not_executed). For the magic 404404
-// and 500500 IDs the default answer carries no body, but a scripted Status(200)
-// would send this one.
+// "failed" ([simulator.OutcomeFor]).
 func OutcomeFor(sessionID string) string {
-	if kindOf(sessionID, hashOf(sessionID)) == kindFailed {
-		return "failed"
-	}
-	return "passed"
-}
-
-// formatUUID formats 16 bytes as a version-4 style UUID string.
-func formatUUID(b []byte) string {
-	var u [16]byte
-	copy(u[:], b)
-	u[6] = u[6]&0x0f | 0x40
-	u[8] = u[8]&0x3f | 0x80
-	x := hex.EncodeToString(u[:])
-	return x[0:8] + "-" + x[8:12] + "-" + x[12:16] + "-" + x[16:20] + "-" + x[20:32]
+	return simulator.OutcomeFor(sessionID)
 }

@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net/http/httptest"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -31,7 +32,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/realeyes/verifeye-bridge/enricher/verifeye/verifeyetest"
+	"github.com/realeyes/verifeye-bridge/enricher/verifeye/simulator"
 	"github.com/realeyes/verifeye-bridge/internal/loadgen"
 )
 
@@ -147,15 +148,17 @@ func orchestrate(ctx context.Context, cfg config, stdout, stderr io.Writer) erro
 	}
 
 	apiKey := fmt.Sprintf("bench-%016x", rand.Uint64())
-	// The enricher in serve needs an API; the fake answers every session
-	// "passed" at once. At the default VERIFEYE_RATE_LIMIT (50/s) it is a
-	// small, steady background load, as in production.
-	api := verifeyetest.Start(apiKey)
-	defer api.Close()
+	// The enricher in serve needs an API; the simulator answers every session
+	// at once. At the default VERIFEYE_RATE_LIMIT (50/s) it is a small, steady
+	// background load, as in production.
+	sim := simulator.New(apiKey, simulator.Options{})
+	defer sim.Close()
 	if !cfg.enrich {
 		// 401 on every call: the enricher pauses and probes every 30 s.
-		api.SetAPIKey("refuse-" + apiKey)
+		sim.SetAPIKey("refuse-" + apiKey)
 	}
+	api := httptest.NewServer(sim)
+	defer api.Close()
 
 	targets := []*target{{name: "ceiling (handler, no publish)", ceiling: true}}
 	for _, s := range cfg.syncs {
