@@ -95,7 +95,7 @@ type Spool struct {
 	forwarding atomic.Bool
 	lastErr    atomic.Pointer[string]
 	writeErr   atomic.Pointer[error] // the last failed store, until one succeeds
-	outage     atomic.Bool            // a spooled event since the last successful forward
+	outage     atomic.Bool           // a spooled event since the last successful forward
 
 	spooled, forwarded, stale, rejected prometheus.Counter
 }
