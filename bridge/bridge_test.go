@@ -98,6 +98,7 @@ type rigOptions struct {
 	publishTimeout time.Duration
 	connOpts       []nats.Option
 	limits         *streams.Limits // nil: streams.DefaultLimits()
+	spool          bool            // publish through a store-and-forward spool
 }
 
 func newRig(t *testing.T, o rigOptions) *rig {
@@ -125,13 +126,21 @@ func newRig(t *testing.T, o rigOptions) *rig {
 	if err := streams.Ensure(ctx, js, subjects, limits); err != nil {
 		t.Fatalf("streams.Ensure: %v", err)
 	}
-	h := bridge.New(js, testLogger(t), bridge.Options{
+	var pub bridge.Publisher = js
+	checks := []bridge.Check{{Name: "nats", Critical: !o.spool, Func: func(ctx context.Context) error {
+		return streams.Ready(ctx, nc, js)
+	}}}
+	if o.spool {
+		sp := startSpool(t, js)
+		pub = sp
+		checks = append(checks, bridge.Check{Name: "spool", Critical: true, Func: sp.Ready,
+			State: func(ctx context.Context) any { st, _ := sp.State(ctx); return st }})
+	}
+	h := bridge.New(pub, testLogger(t), bridge.Options{
 		Auth:           o.auth,
 		Subjects:       subjects,
 		PublishTimeout: o.publishTimeout,
-		Checks: []bridge.Check{{Name: "nats", Critical: true, Func: func(ctx context.Context) error {
-			return streams.Ready(ctx, nc, js)
-		}}},
+		Checks:         checks,
 	})
 	ts := httptest.NewServer(h)
 	t.Cleanup(ts.Close)
