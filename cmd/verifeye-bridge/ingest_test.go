@@ -364,8 +364,8 @@ func TestServeSIGTERMLosesNoAcceptedWebhook(t *testing.T) {
 }
 
 // TestIngestSubcommand runs `ingest` against an external NATS with only the
-// SHA-256 of the API key: the right key gets 202 and the webhook is stored,
-// /readyz follows NATS, and SIGTERM exits 0.
+// SHA-256 of the API key and SPOOL=off (the v1 behaviour): the right key gets
+// 202 and the webhook is stored, /readyz follows NATS, and SIGTERM exits 0.
 func TestIngestSubcommand(t *testing.T) {
 	t.Parallel()
 	log := ingestWatchLogs(t, `"message":"webhook"`)
@@ -377,6 +377,7 @@ func TestIngestSubcommand(t *testing.T) {
 		"NATS_URL="+srv.URL(),
 		"WEBHOOK_API_KEY_SHA256="+hex.EncodeToString(sum[:]),
 		"INGEST_PUBLISH_TIMEOUT=500ms",
+		"SPOOL=off",
 		"LOG_LEVEL=debug",
 	), "ingest")
 
@@ -475,6 +476,11 @@ func TestServiceConfigErrors(t *testing.T) {
 		{"ingest token mode without token", "ingest", []string{noNATS, "WEBHOOK_AUTH=token"}, "WEBHOOK_TOKEN"},
 		{"ingest key hash not hex", "ingest", []string{noNATS, "WEBHOOK_API_KEY_SHA256=" + strings.Repeat("z", 64)}, "WEBHOOK_API_KEY_SHA256"},
 		{"ingest key hash too short", "ingest", []string{noNATS, "WEBHOOK_API_KEY_SHA256=abcd"}, "WEBHOOK_API_KEY_SHA256"},
+		{"bad spool switch", "ingest", []string{noNATS, key, "SPOOL=maybe"}, "SPOOL"},
+		{"spool after not a duration", "ingest", []string{noNATS, key, "SPOOL_AFTER=soon"}, "SPOOL_AFTER"},
+		{"spool after beyond the publish timeout", "ingest", []string{noNATS, key, "SPOOL_AFTER=3s"}, "SPOOL_AFTER"},
+		{"spool size zero", "ingest", []string{noNATS, key, "SPOOL_MAX_BYTES=0"}, "SPOOL_MAX_BYTES"},
+		{"spool size not a number", "serve", []string{key, "SPOOL_MAX_BYTES=1GiB"}, "SPOOL_MAX_BYTES"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
