@@ -101,7 +101,7 @@ func (c spoolConfig) validate(in ingestConfig) error {
 		return fmt.Errorf("SPOOL: %q is not on or off", c.Spool)
 	case c.SpoolAfter <= 0:
 		return errors.New("SPOOL_AFTER: must be positive")
-	case c.SpoolAfter >= in.PublishTimeout:
+	case c.Spool == "on" && c.SpoolAfter >= in.PublishTimeout:
 		// The spool's own write must fit in the answer's time too.
 		return fmt.Errorf("SPOOL_AFTER: %v must be shorter than INGEST_PUBLISH_TIMEOUT (%v)", c.SpoolAfter, in.PublishTimeout)
 	case c.SpoolMaxBytes <= 0:

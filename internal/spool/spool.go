@@ -321,6 +321,8 @@ func (s *Spool) forwardAll(ctx context.Context) (empty bool, err error) {
 			// cluster (in order), so nothing unforwarded is removed.
 			if perr := s.stream.Purge(c, jetstream.WithPurgeSequence(done+1)); perr != nil && err == nil {
 				err = fmt.Errorf("spool: remove forwarded events: %w", perr)
+			} else if perr == nil {
+				s.madeRoom()
 			}
 			cancel()
 		}
@@ -336,6 +338,7 @@ func (s *Spool) forwardAll(ctx context.Context) (empty bool, err error) {
 			if perr != nil {
 				return false, fmt.Errorf("spool: remove forwarded events: %w", perr)
 			}
+			s.madeRoom()
 			done = 0
 		}
 		c, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -388,6 +391,14 @@ func (s *Spool) forward(ctx context.Context, raw *jetstream.RawStreamMsg) error 
 	return nil
 }
 
+// madeRoom forgets a failed write that was the spool being full: forwarded
+// events were just removed.
+func (s *Spool) madeRoom() {
+	if e := s.writeErr.Load(); e != nil && errors.Is(*e, ErrFull) {
+		s.writeErr.CompareAndSwap(e, nil)
+	}
+}
+
 func (s *Spool) setForwarding(err error) {
 	if err == nil {
 		s.forwarding.Store(true)
@@ -423,18 +434,19 @@ func (s *Spool) State(ctx context.Context) (State, error) {
 }
 
 // Ready reports whether the spool accepts events: its store answers, its
-// last write did not fail, and it has room for one more webhook. It is the
-// ingest's readiness with the spool on (the cluster may be away).
+// last write did not fail, and it is not full. It is the
+// ingest's readiness with the spool on (the cluster may be away). A full
+// spool is ready again once the forwarder has made room.
 func (s *Spool) Ready(ctx context.Context) error {
 	st, err := s.State(ctx)
 	if err != nil {
 		return err
 	}
-	if int64(st.Bytes)+streams.MaxWebhookBytes > s.opts.MaxBytes {
-		return fmt.Errorf("%w: %d of %d bytes", ErrFull, st.Bytes, s.opts.MaxBytes)
-	}
 	if e := s.writeErr.Load(); e != nil {
 		return fmt.Errorf("spool: last write failed: %w", *e)
+	}
+	if int64(st.Bytes) >= s.opts.MaxBytes {
+		return fmt.Errorf("%w: %d of %d bytes", ErrFull, st.Bytes, s.opts.MaxBytes)
 	}
 	return nil
 }
