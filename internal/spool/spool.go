@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -125,6 +126,11 @@ func Open(cluster Publisher, opts Options) (*Spool, error) {
 	if opts.ForwardTimeout <= 0 {
 		opts.ForwardTimeout = 5 * time.Second
 	}
+	// Fail at once, naming the problem, when the directory cannot be used
+	// (the store itself would only time out).
+	if err := probe(opts.Dir); err != nil {
+		return nil, err
+	}
 	// SyncInterval zero: every spooled event is fsynced before its PubAck, so
 	// before the 202 (guarantee 1).
 	ns, err := natsembed.Start(natsembed.Options{
@@ -174,6 +180,20 @@ func Open(cluster Publisher, opts Options) (*Spool, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// probe creates dir and checks that a file can be written in it.
+func probe(dir string) error {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	f, err := os.CreateTemp(dir, ".probe-*")
+	if err != nil {
+		return fmt.Errorf("spool: directory not writable: %w", err)
+	}
+	name := f.Name()
+	f.Close()
+	return os.Remove(name)
 }
 
 // Close stops the store; what it holds stays on disk for the next Open.
