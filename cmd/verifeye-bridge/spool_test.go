@@ -202,7 +202,7 @@ func TestSpoolOutage(t *testing.T) {
 	if d, err := time.ParseDuration(os.Getenv("SPOOL_TEST_OUTAGE")); err == nil {
 		outage = d
 	}
-	const rate = 20 // webhooks per second per ingest
+	const rate = 20                                     // webhooks per second per ingest
 	log := ingestWatchLogs(t, "spooling until it does") // LOG_LEVEL=warn: no line per webhook
 	srv := natstest.Start(t)
 	api := verifeyetest.Start(ingestAPIKey)
