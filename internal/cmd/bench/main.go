@@ -306,7 +306,7 @@ func printPaced(w io.Writer, targets []*target, all []*measurement, rate float64
 			msf(m.res.Percentile(0.5)-ceil.res.Percentile(0.5)), msf(m.res.Percentile(0.99)-ceil.res.Percentile(0.99)),
 			usf(m.cpuPerReq()-ceil.cpuPerReq()))
 	}
-	if len(targets) < 3 || targets[1].sync != "always" {
+	if len(targets) < 3 || targets[1].sync != "always" || targets[2].sync == "" {
 		return
 	}
 	always, interval := all[1], all[2]
