@@ -513,15 +513,17 @@ func TestServiceHelpAndVersion(t *testing.T) {
 		args: []string{"serve", "--help"},
 		want: []string{"HTTP_ADDR", "NATS_URL", "NATS_EMBEDDED_ADDR", "DATA_DIR", "NATS_EMBEDDED_SYNC", "SUBJECT_PREFIX", "STREAM_REPLICAS",
 			"VERIFEYE_API_KEY", "VERIFEYE_API_URL", "VERIFEYE_REGION", "WEBHOOK_AUTH", "WEBHOOK_TOKEN", "WEBHOOK_API_KEY_SHA256",
-			"ENRICH_CONCURRENCY", "VERIFEYE_RATE_LIMIT", "ENRICH_MAX_ATTEMPTS", "LOG_LEVEL", "LOG_FORMAT", "NATS_CREDS", "NATS_TLS_CA"},
+			"ENRICH_CONCURRENCY", "VERIFEYE_RATE_LIMIT", "ENRICH_MAX_ATTEMPTS", "LOG_LEVEL", "LOG_FORMAT", "NATS_CREDS", "NATS_TLS_CA",
+			"SPOOL", "SPOOL_AFTER", "SPOOL_MAX_BYTES"},
 	}, {
 		args:    []string{"serve", "-h"},
 		want:    []string{"HTTP_ADDR", "WEBHOOK_AUTH"},
 		notWant: nil,
 	}, {
-		args:    []string{"ingest", "--help"},
-		want:    []string{"HTTP_ADDR", "NATS_URL", "WEBHOOK_AUTH", "WEBHOOK_TOKEN", "WEBHOOK_API_KEY_SHA256", "VERIFEYE_API_KEY", "INGEST_PUBLISH_TIMEOUT"},
-		notWant: []string{"DATA_DIR", "NATS_EMBEDDED_ADDR", "ENRICH_CONCURRENCY"},
+		args: []string{"ingest", "--help"},
+		want: []string{"HTTP_ADDR", "NATS_URL", "WEBHOOK_AUTH", "WEBHOOK_TOKEN", "WEBHOOK_API_KEY_SHA256", "VERIFEYE_API_KEY", "INGEST_PUBLISH_TIMEOUT",
+			"SPOOL", "SPOOL_AFTER", "SPOOL_MAX_BYTES", "DATA_DIR"},
+		notWant: []string{"NATS_EMBEDDED_ADDR", "ENRICH_CONCURRENCY"},
 	}, {
 		args: []string{"version"},
 		want: []string{"verifeye-bridge "},

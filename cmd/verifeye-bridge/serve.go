@@ -53,7 +53,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 func cmdIngest(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg := serviceConfig{name: "ingest", ingest: &ingestConfig{}, spool: &spoolConfig{}, dataDir: &dataDirConfig{}, api: &apiConfig{}}
 	return runService(ctx, cfg, args, stdout, stderr,
-		"Run the HTTP webhook ingest alone, against the NATS cluster at NATS_URL.\nRun as many replicas as you like.",
+		"Run the HTTP webhook ingest alone, against the NATS cluster at NATS_URL.\nRun as many replicas as you like, each with its own DATA_DIR: while the\ncluster does not acknowledge in time, webhooks are spooled there (SPOOL).",
 		"NATS_URL=nats://nats:4222 WEBHOOK_API_KEY_SHA256=... verifeye-bridge ingest")
 }
 
