@@ -165,7 +165,7 @@ func (h *handler) webhook(c echo.Context) error {
 	}
 	ctx, span := h.opts.Tracing.StartServer(r.Context(), "POST /webhooks/verifeye", r.Header)
 	var w streams.Webhook
-	dup, err := h.ingest(ctx, r, source, &w)
+	dup, spooled, err := h.ingest(ctx, r, source, &w)
 	status := http.StatusAccepted
 	result := "accepted"
 	if dup {
@@ -191,7 +191,7 @@ func (h *handler) webhook(c echo.Context) error {
 	// Never the query string or headers: they may carry the token or the API key.
 	ev.Str("source", source).Str("event", w.Event).Str("session_id", w.SessionID).
 		Int("status", status).Str("result", result).Float64("duration_ms", float64(time.Since(start).Microseconds())/1000).
-		Str("remote", c.RealIP()).Str("trace_id", tracing.TraceID(ctx)).Msg("webhook")
+		Bool("spooled", spooled).Str("remote", c.RealIP()).Str("trace_id", tracing.TraceID(ctx)).Msg("webhook")
 	if span.IsRecording() {
 		span.SetAttributes(attribute.String("verifeye.source", source), attribute.String("verifeye.event", w.Event),
 			attribute.String("verifeye.session_id", w.SessionID), attribute.Int("http.response.status_code", status))
@@ -205,7 +205,7 @@ func (h *handler) webhook(c echo.Context) error {
 	if ae != nil {
 		return ae
 	}
-	return c.JSONBlob(status, appendAccepted(make([]byte, 0, 96), w.SessionID, dup))
+	return c.JSONBlob(status, appendAccepted(make([]byte, 0, 96), w.SessionID, dup, spooled))
 }
 
 // sourceLabel is the source label of a request: only a source that passed
@@ -230,53 +230,61 @@ func eventLabel(event string) string {
 }
 
 // appendAccepted appends the 202 body {"status":"accepted",
-// "verificationSessionId":…[,"duplicate":true]}, byte for byte what c.JSON
+// "verificationSessionId":…[,"duplicate":true][,"spooled":true]}, byte for byte what c.JSON
 // would write (with json.Encoder's trailing newline), without reflection: the
 // 202 body was the costliest step of the handler after parsing
 // and publishing (CPU profile, docs/performance.md). A session ID is validated
 // hex and dashes, so nothing in it needs escaping.
-func appendAccepted(b []byte, sessionID string, duplicate bool) []byte {
+func appendAccepted(b []byte, sessionID string, duplicate, spooled bool) []byte {
 	b = append(b, `{"status":"accepted","verificationSessionId":"`...)
 	b = append(b, sessionID...)
 	b = append(b, '"')
 	if duplicate {
 		b = append(b, `,"duplicate":true`...)
 	}
+	if spooled {
+		b = append(b, `,"spooled":true`...)
+	}
 	return append(b, "}\n"...)
 }
 
 // ingest validates r and publishes it; it reports whether JetStream already had
-// the event. w is filled as far as the request could be read.
-func (h *handler) ingest(ctx context.Context, r *http.Request, source string, w *streams.Webhook) (duplicate bool, err error) {
+// the event, and whether it went to the local spool (a PubAck of
+// streams.Spool) rather than the cluster. w is filled as far as the request
+// could be read.
+func (h *handler) ingest(ctx context.Context, r *http.Request, source string, w *streams.Webhook) (duplicate, spooled bool, err error) {
 	if !streams.ValidSource(source) {
-		return false, &apiError{http.StatusBadRequest, codeInvalidSource, "source must match [a-z0-9_-]{1,64}", nil}
+		return false, false, &apiError{http.StatusBadRequest, codeInvalidSource, "source must match [a-z0-9_-]{1,64}", nil}
 	}
 	if !h.opts.Auth.check(r) {
-		return false, &apiError{http.StatusUnauthorized, codeUnauthorized, "missing or invalid credentials", nil}
+		return false, false, &apiError{http.StatusUnauthorized, codeUnauthorized, "missing or invalid credentials", nil}
 	}
 	if ct := r.Header.Get("Content-Type"); ct != "" && !isJSON(ct) {
-		return false, &apiError{http.StatusUnsupportedMediaType, "unsupported_media_type", "Content-Type must be application/json", nil}
+		return false, false, &apiError{http.StatusUnsupportedMediaType, "unsupported_media_type", "Content-Type must be application/json", nil}
 	}
 	if r.ContentLength > streams.MaxWebhookBytes {
-		return false, tooLarge()
+		return false, false, tooLarge()
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, streams.MaxWebhookBytes))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return false, tooLarge()
+			return false, false, tooLarge()
 		}
-		return false, &apiError{http.StatusBadRequest, "invalid_body", "could not read the request body", nil}
+		return false, false, &apiError{http.StatusBadRequest, "invalid_body", "could not read the request body", nil}
 	}
 	*w, err = streams.ParseWebhook(body)
 	if err != nil {
 		var ve *streams.ValidationError
 		errors.As(err, &ve)
-		return false, &apiError{http.StatusBadRequest, ve.Code, ve.Message, nil}
+		return false, false, &apiError{http.StatusBadRequest, ve.Code, ve.Message, nil}
 	}
 
 	msg := nats.NewMsg(h.opts.Subjects.Webhook(source, w.Event))
 	msg.Data = body
+	// The message ID also as a header: a spooling Publisher keeps it for the
+	// forward, since it cannot read opts.
+	msg.Header.Set(streams.HeaderMsgID, w.MsgID())
 	msg.Header.Set(streams.HeaderReceivedAt, time.Now().UTC().Format(time.RFC3339Nano))
 	tracing.Inject(ctx, msg.Header)
 	capTracestate(msg.Header)
@@ -290,11 +298,11 @@ func (h *handler) ingest(ctx context.Context, r *http.Request, source string, w 
 		}
 		// Never a 2xx and never a 429: VerifEye retries once, and a 503 keeps
 		// that retry useful.
-		return false, &apiError{http.StatusServiceUnavailable, "unavailable", "the event could not be stored durably; retry later", err}
+		return false, false, &apiError{http.StatusServiceUnavailable, "unavailable", "the event could not be stored durably; retry later", err}
 	}
 	h.setRefusing("")
 	h.metrics.publish.Observe(time.Since(start).Seconds())
-	return ack.Duplicate, nil
+	return ack.Duplicate, ack.Stream == streams.Spool, nil
 }
 
 // The codes of the answers given before a request is authenticated.

@@ -1,19 +1,24 @@
 package bridge_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/realeyes/verifeye-bridge/bridge"
 	"github.com/realeyes/verifeye-bridge/internal/natstest"
+	"github.com/realeyes/verifeye-bridge/internal/spool"
 	"github.com/realeyes/verifeye-bridge/internal/streams"
 )
 
@@ -235,4 +240,55 @@ func TestIngestPublishTimeout(t *testing.T) {
 	if got := natstest.Count(t, r.js, streams.Webhooks); got != 1 {
 		t.Errorf("stream holds %d messages, want 1", got)
 	}
+}
+
+// startSpool opens a store-and-forward spool in front of js and runs its
+// forwarder until t ends.
+func startSpool(t *testing.T, js jetstream.JetStream) *spool.Spool {
+	t.Helper()
+	sp, err := spool.Open(js, spool.Options{Dir: filepath.Join(t.TempDir(), "spool"), After: 300 * time.Millisecond, Log: testLogger(t)})
+	if err != nil {
+		t.Fatalf("spool.Open: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = sp.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; sp.Close() })
+	return sp
+}
+
+// TestIngestSpoolsDuringOutage: with a spool, a webhook that arrives while NATS
+// is down is answered 202 with "spooled":true, /readyz stays 200 and shows the
+// spool, and the event reaches the stream once NATS is back.
+func TestIngestSpoolsDuringOutage(t *testing.T) {
+	r := newRig(t, rigOptions{auth: bridge.APIKeyAuth(testAPIKey), publishTimeout: 2 * time.Second, connOpts: outageConn, spool: true})
+	session := newSessionID(t)
+	r.srv.Shutdown()
+	a := r.do(t, request{path: "/webhooks/verifeye", body: webhookBody("VerificationCompleted", session)})
+	if a.status != http.StatusAccepted || !strings.Contains(string(a.body), `"spooled":true`) {
+		t.Fatalf("POST during the outage: %d %s, want 202 with \"spooled\":true", a.status, a.body)
+	}
+	ready := r.do(t, request{method: http.MethodGet, path: "/readyz"})
+	var body struct {
+		State map[string]struct {
+			Messages int `json:"messages"`
+		} `json:"state"`
+	}
+	if err := json.Unmarshal(ready.body, &body); err != nil || ready.status != http.StatusOK || body.State["spool"].Messages != 1 {
+		t.Errorf("GET /readyz during the outage: %d %s, want 200 showing 1 spooled message", ready.status, ready.body)
+	}
+	r.srv.Restart()
+	js := r.srv.JetStream()
+	natstest.WaitFor(t, 20*time.Second, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		st, err := js.Stream(ctx, streams.Webhooks)
+		if err != nil {
+			return err
+		}
+		if n := st.CachedInfo().State.Msgs; n != 1 {
+			return fmt.Errorf("%s holds %d messages, want 1", streams.Webhooks, n)
+		}
+		return nil
+	})
 }

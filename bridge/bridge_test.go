@@ -103,6 +103,7 @@ type rigOptions struct {
 	connOpts       []nats.Option
 	limits         *streams.Limits // nil: streams.DefaultLimits()
 	trustedProxies []*net.IPNet
+	spool          bool            // publish through a store-and-forward spool
 }
 
 func newRig(t *testing.T, o rigOptions) *rig {
@@ -130,8 +131,18 @@ func newRig(t *testing.T, o rigOptions) *rig {
 	if err := streams.Ensure(ctx, js, subjects, limits); err != nil {
 		t.Fatalf("streams.Ensure: %v", err)
 	}
+	var pub bridge.Publisher = js
+	checks := []ops.Check{{Name: "nats", Critical: !o.spool, Func: func(ctx context.Context) error {
+		return streams.Ready(ctx, nc, js)
+	}}}
+	if o.spool {
+		sp := startSpool(t, js)
+		pub = sp
+		checks = append(checks, ops.Check{Name: "spool", Critical: true, Func: sp.Ready,
+			State: func(ctx context.Context) any { st, _ := sp.State(ctx); return st }})
+	}
 	reg := prometheus.NewRegistry()
-	in := bridge.New(js, testLogger(t), bridge.Options{
+	in := bridge.New(pub, testLogger(t), bridge.Options{
 		Auth:           o.auth,
 		Subjects:       subjects,
 		PublishTimeout: o.publishTimeout,
@@ -142,9 +153,7 @@ func newRig(t *testing.T, o rigOptions) *rig {
 	// Served as the command serves it: health, readiness and metrics beside
 	// the webhook routes.
 	h := ops.New(ops.Options{
-		Checks: []ops.Check{{Name: "nats", Critical: true, Func: func(ctx context.Context) error {
-			return streams.Ready(ctx, nc, js)
-		}}, {Name: "storage", Critical: true, Func: in.Ready}},
+		Checks:   append(checks, ops.Check{Name: "storage", Critical: true, Func: in.Ready}),
 		Gatherer: reg,
 		Next:     in,
 	})

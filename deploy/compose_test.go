@@ -124,6 +124,30 @@ func TestCompose(t *testing.T) {
 		}
 	}
 
+	t.Run("spool volume", func(t *testing.T) {
+		// The ingest's spool lives in DATA_DIR: a volume of its own per
+		// replica (an anonymous one), never the read-only image filesystem
+		// and never a named volume the replicas would share.
+		if ingest.env["SPOOL"] == "off" {
+			return
+		}
+		dataDir := cmpOr(ingest.env["DATA_DIR"], "/data")
+		found := false
+		for _, v := range list(ingest.raw, "volumes") {
+			parts := strings.Split(str(v), ":")
+			switch {
+			case len(parts) == 1 && parts[0] == dataDir:
+				found = true
+			case len(parts) > 1 && parts[1] == dataDir:
+				t.Errorf("compose service %s mounts %s at DATA_DIR; its %s replicas would share one spool: want an anonymous volume (- %s)",
+					ingest.name, parts[0], str(ingest.raw, "deploy", "replicas"), dataDir)
+			}
+		}
+		if !found {
+			t.Errorf("compose service %s: no volume at DATA_DIR %s for its spool", ingest.name, dataDir)
+		}
+	})
+
 	t.Run("nats cluster", func(t *testing.T) {
 		if len(natsSvcs) != 3 {
 			t.Fatalf("compose: NATS services %v; want 3", natsSvcs)
@@ -133,8 +157,9 @@ func TestCompose(t *testing.T) {
 		shared := func(s composeService) map[string]string {
 			m := make(map[string]string)
 			for k, v := range s.env {
+				// SPOOL_MAX_BYTES is the ingest's local spool, not a stream.
 				if k == "NATS_URL" || k == "SUBJECT_PREFIX" || strings.HasPrefix(k, "STREAM_") ||
-					strings.HasSuffix(k, "_MAX_AGE") || strings.HasSuffix(k, "_MAX_BYTES") {
+					strings.HasSuffix(k, "_MAX_AGE") || (strings.HasSuffix(k, "_MAX_BYTES") && !strings.HasPrefix(k, "SPOOL_")) {
 					m[k] = v
 				}
 			}
@@ -327,4 +352,11 @@ func readFile(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
 }

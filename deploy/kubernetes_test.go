@@ -149,7 +149,8 @@ func checkKube(t *testing.T, objs []kubeObject, prog map[string][]string, cmds m
 		grace, _ = time.ParseDuration(defs[0])
 	}
 
-	// Deployments: one per role, each fully checked.
+	// Workloads (Deployments, and the ingest's StatefulSet): one per role, each
+	// fully checked.
 	type workload struct {
 		obj   kubeObject
 		role  string
@@ -159,7 +160,7 @@ func checkKube(t *testing.T, objs []kubeObject, prog map[string][]string, cmds m
 	}
 	var workloads []workload
 	roles := map[string]bool{}
-	for _, d := range byKind["Deployment"] {
+	for _, d := range append(slices.Clone(byKind["Deployment"]), byKind["StatefulSet"]...) {
 		pod := dict(d.raw, "spec", "template", "metadata", "labels")
 		if !matches(dict(d.raw, "spec", "selector", "matchLabels"), pod) {
 			t.Errorf("%s: selector does not match its pod labels", d)
@@ -247,6 +248,9 @@ func checkKube(t *testing.T, objs []kubeObject, prog map[string][]string, cmds m
 				t.Errorf("%s: resources %v not set", d, r)
 			}
 		}
+		if w.role == "ingest" && w.env["SPOOL"] != "off" {
+			checkSpoolVolume(t, d, c, w.env)
+		}
 		tg, _ := strconv.Atoi(str(podSpec, "terminationGracePeriodSeconds"))
 		pre, _ := strconv.Atoi(str(c, "lifecycle", "preStop", "sleep", "seconds"))
 		if time.Duration(tg-pre)*time.Second < grace {
@@ -324,7 +328,7 @@ func checkKube(t *testing.T, objs []kubeObject, prog map[string][]string, cmds m
 	}
 	for _, h := range byKind["HorizontalPodAutoscaler"] {
 		ref := dict(h.raw, "spec", "scaleTargetRef")
-		if !slices.ContainsFunc(workloads, func(w workload) bool { return str(ref, "kind") == "Deployment" && str(ref, "name") == w.obj.name }) {
+		if !slices.ContainsFunc(workloads, func(w workload) bool { return str(ref, "kind") == w.obj.kind && str(ref, "name") == w.obj.name }) {
 			t.Errorf("%s: scales %s/%s, which does not exist", h, str(ref, "kind"), str(ref, "name"))
 		}
 		lo, _ := strconv.Atoi(str(h.raw, "spec", "minReplicas"))
@@ -421,4 +425,35 @@ func mapValues(m map[string]int) []int {
 		v = append(v, x)
 	}
 	return v
+}
+
+// checkSpoolVolume: an ingest with the spool on is a StatefulSet whose
+// DATA_DIR is a volume from its volumeClaimTemplates. A spool on emptyDir (or
+// the container's own filesystem) dies with its pod, and the webhooks in it.
+func checkSpoolVolume(t *testing.T, w kubeObject, container any, env map[string]string) {
+	t.Helper()
+	if w.kind != "StatefulSet" {
+		t.Errorf("%s runs the ingest with its spool; want a StatefulSet with a PersistentVolumeClaim for DATA_DIR", w)
+		return
+	}
+	dataDir := env["DATA_DIR"]
+	if dataDir == "" {
+		dataDir = "/data" // the image's DATA_DIR
+	}
+	claims := map[string]bool{}
+	for _, c := range list(w.raw, "spec", "volumeClaimTemplates") {
+		claims[str(c, "metadata", "name")] = true
+		if str(c, "spec", "resources", "requests", "storage") == "" {
+			t.Errorf("%s: volumeClaimTemplate %s requests no storage", w, str(c, "metadata", "name"))
+		}
+	}
+	for _, m := range list(container, "volumeMounts") {
+		if str(m, "mountPath") == dataDir {
+			if !claims[str(m, "name")] {
+				t.Errorf("%s: DATA_DIR %s is volume %s, not one of its volumeClaimTemplates", w, dataDir, str(m, "name"))
+			}
+			return
+		}
+	}
+	t.Errorf("%s: nothing is mounted at DATA_DIR %s; the spool would be on the container's filesystem", w, dataDir)
 }

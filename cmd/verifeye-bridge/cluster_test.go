@@ -143,8 +143,8 @@ func clusterGet(url string) (int, string, error) {
 
 // clusterPost posts one webhook as VerifEye does: a 5 s timeout, and one retry
 // when the first answer is not 2xx. It reports whether the webhook was accepted
-// (202), and the last answer.
-func clusterPost(client *http.Client, bases []string, session string) (bool, string) {
+// (202), and the last answer; unavailable counts the 503 answers.
+func clusterPost(client *http.Client, bases []string, session string, unavailable *atomic.Int64) (bool, string) {
 	body := fmt.Sprintf(`{"event":"VerificationCompleted","verificationSessionId":%q}`, session)
 	last := ""
 	for try := range 2 {
@@ -163,6 +163,9 @@ func clusterPost(client *http.Client, bases []string, session string) (bool, str
 		resp.Body.Close()
 		if resp.StatusCode == http.StatusAccepted {
 			return true, ""
+		}
+		if resp.StatusCode == http.StatusServiceUnavailable {
+			unavailable.Add(1)
 		}
 		last = fmt.Sprintf("%d %s", resp.StatusCode, b)
 	}
@@ -231,7 +234,10 @@ func TestClusterScaleOutSurvivesServerLoss(t *testing.T) {
 	}
 	var ingests, enrichers []string
 	for range 2 {
-		ingests = append(ingests, clusterServe(t, serviceConfig{name: "ingest", ingest: &ingestConfig{}, api: &apiConfig{}}))
+		// The store-and-forward spool is on (the default): each ingest has
+		// its own DATA_DIR.
+		t.Setenv("DATA_DIR", t.TempDir())
+		ingests = append(ingests, clusterServe(t, serviceConfig{name: "ingest", ingest: &ingestConfig{}, spool: &spoolConfig{}, dataDir: &dataDirConfig{}, api: &apiConfig{}}))
 		enrichers = append(enrichers, clusterServe(t, serviceConfig{name: "enrich", api: &apiConfig{}, enrich: &enrichConfig{}}))
 	}
 
@@ -269,6 +275,7 @@ func TestClusterScaleOutSurvivesServerLoss(t *testing.T) {
 	var (
 		next     atomic.Int64
 		posted   atomic.Int64
+		n503     atomic.Int64
 		mu       sync.Mutex
 		accepted = map[string]bool{}
 		refused  = map[string]string{}
@@ -285,7 +292,7 @@ func TestClusterScaleOutSurvivesServerLoss(t *testing.T) {
 					return
 				}
 				session := clusterSession(i)
-				ok, why := clusterPost(client, []string{ingests[i%2], ingests[(i+1)%2]}, session)
+				ok, why := clusterPost(client, []string{ingests[i%2], ingests[(i+1)%2]}, session, &n503)
 				mu.Lock()
 				if ok {
 					accepted[session] = true
@@ -321,6 +328,10 @@ func TestClusterScaleOutSurvivesServerLoss(t *testing.T) {
 	mu.Unlock()
 	if len(accepted) < total/2 {
 		t.Fatalf("only %d of %d webhooks accepted; the cluster should keep accepting with one server down", len(accepted), total)
+	}
+	// With the spool on, a leader election costs latency, never an answer.
+	if n := n503.Load(); n > 0 {
+		t.Errorf("%d requests answered 503; with the spool on, none may be", n)
 	}
 	if newLeader, err := leaderOf(streams.Webhooks); err == nil && newLeader == victim.name {
 		t.Errorf("the stopped server %s still leads %s", victim.name, streams.Webhooks)

@@ -96,7 +96,7 @@ type commonConfig struct {
 // embeddedConfig is read by serve and dev.
 type embeddedConfig struct {
 	EmbeddedAddr string `envconfig:"NATS_EMBEDDED_ADDR" default:"127.0.0.1:4222" desc:"where the embedded NATS server listens (for watch and local consumers); '-' for nowhere"`
-	DataDir      string `envconfig:"DATA_DIR" default:"./data" desc:"embedded JetStream storage directory; created if need be, must be writable"`
+	DataDir      string `envconfig:"DATA_DIR" default:"./data" desc:"embedded JetStream storage directory (NATS_URL empty), else where the spool lives (DATA_DIR/spool); created if need be, must be writable"`
 	EmbeddedSync string `envconfig:"NATS_EMBEDDED_SYNC" default:"always" desc:"'always' fsyncs every event before it is acknowledged; a duration up to 2m (e.g. 1s) syncs on that interval and risks that much on a power cut"`
 	EmbeddedUser string `envconfig:"NATS_EMBEDDED_USER" desc:"user the embedded NATS server requires (with NATS_EMBEDDED_PASSWORD); default: generated at first start and kept in DATA_DIR"`
 	EmbeddedPass secret `envconfig:"NATS_EMBEDDED_PASSWORD" desc:"password of NATS_EMBEDDED_USER"`
@@ -109,6 +109,35 @@ type ingestConfig struct {
 	WebhookToken   secret        `envconfig:"WEBHOOK_TOKEN" desc:"token expected as ?token= or Authorization: Bearer when WEBHOOK_AUTH=token: at least 16 printable ASCII characters, no spaces"`
 	PublishTimeout time.Duration `envconfig:"INGEST_PUBLISH_TIMEOUT" default:"3s" desc:"longest wait for JetStream's acknowledgement before answering 503: 10ms to 9s"`
 	TrustedProxies string        `envconfig:"HTTP_TRUSTED_PROXIES" desc:"comma-separated CIDRs of proxies whose X-Forwarded-For or X-Real-IP is logged as the remote address; empty trusts none"`
+}
+
+// spoolConfig is read by serve and ingest: the store-and-forward spool, used
+// with an external NATS (NATS_URL set) only.
+type spoolConfig struct {
+	Spool         string        `envconfig:"SPOOL" default:"on" desc:"on: a webhook the NATS cluster does not acknowledge within SPOOL_AFTER is fsynced to a local spool under DATA_DIR/spool, answered 202 and forwarded later (NATS_URL set only); off: answer 503"`
+	SpoolAfter    time.Duration `envconfig:"SPOOL_AFTER" default:"1s" desc:"longest wait for the cluster's acknowledgement before the event goes to the spool instead"`
+	SpoolMaxBytes int64         `envconfig:"SPOOL_MAX_BYTES" default:"1073741824" desc:"spool capacity; when full, webhooks get 503 (nothing spooled is dropped)"`
+}
+
+// dataDirConfig is DATA_DIR for ingest, which has no embedded server: where
+// the spool lives.
+type dataDirConfig struct {
+	DataDir string `envconfig:"DATA_DIR" default:"./data" desc:"where the spool lives (DATA_DIR/spool)"`
+}
+
+func (c spoolConfig) validate(in ingestConfig) error {
+	switch {
+	case c.Spool != "on" && c.Spool != "off":
+		return fmt.Errorf("SPOOL: %q is not on or off", c.Spool)
+	case c.SpoolAfter <= 0:
+		return errors.New("SPOOL_AFTER: must be positive")
+	case c.Spool == "on" && c.SpoolAfter >= in.PublishTimeout:
+		// The spool's own write must fit in the answer's time too.
+		return fmt.Errorf("SPOOL_AFTER: %v must be shorter than INGEST_PUBLISH_TIMEOUT (%v)", c.SpoolAfter, in.PublishTimeout)
+	case c.SpoolMaxBytes <= 0:
+		return errors.New("SPOOL_MAX_BYTES: must be positive")
+	}
+	return nil
 }
 
 // apiConfig is read by every subcommand that calls or checks the VerifEye API key.

@@ -364,8 +364,8 @@ func TestServeSIGTERMLosesNoAcceptedWebhook(t *testing.T) {
 }
 
 // TestIngestSubcommand runs `ingest` against an external NATS with only the
-// SHA-256 of the API key: the right key gets 202 and the webhook is stored,
-// /readyz follows NATS, and SIGTERM exits 0.
+// SHA-256 of the API key and SPOOL=off (the v1 behaviour): the right key gets
+// 202 and the webhook is stored, /readyz follows NATS, and SIGTERM exits 0.
 func TestIngestSubcommand(t *testing.T) {
 	t.Parallel()
 	log := ingestWatchLogs(t, `"message":"webhook"`)
@@ -377,6 +377,7 @@ func TestIngestSubcommand(t *testing.T) {
 		"NATS_URL="+srv.URL(),
 		"WEBHOOK_API_KEY_SHA256="+hex.EncodeToString(sum[:]),
 		"INGEST_PUBLISH_TIMEOUT=500ms",
+		"SPOOL=off",
 		"LOG_LEVEL=debug",
 	), "ingest")
 
@@ -479,6 +480,11 @@ func TestServiceConfigErrors(t *testing.T) {
 		{"no connections", "serve", []string{key, "HTTP_MAX_CONNS=0"}, "HTTP_MAX_CONNS"},
 		{"trusted proxy not a CIDR", "ingest", []string{noNATS, key, "HTTP_TRUSTED_PROXIES=10.0.0.0/8, proxy.local"}, "HTTP_TRUSTED_PROXIES"},
 		{"ingest key hash too short", "ingest", []string{noNATS, "WEBHOOK_API_KEY_SHA256=abcd"}, "WEBHOOK_API_KEY_SHA256"},
+		{"bad spool switch", "ingest", []string{noNATS, key, "SPOOL=maybe"}, "SPOOL"},
+		{"spool after not a duration", "ingest", []string{noNATS, key, "SPOOL_AFTER=soon"}, "SPOOL_AFTER"},
+		{"spool after beyond the publish timeout", "ingest", []string{noNATS, key, "SPOOL_AFTER=3s"}, "SPOOL_AFTER"},
+		{"spool size zero", "ingest", []string{noNATS, key, "SPOOL_MAX_BYTES=0"}, "SPOOL_MAX_BYTES"},
+		{"spool size not a number", "serve", []string{key, "SPOOL_MAX_BYTES=1GiB"}, "SPOOL_MAX_BYTES"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -511,15 +517,17 @@ func TestServiceHelpAndVersion(t *testing.T) {
 		args: []string{"serve", "--help"},
 		want: []string{"HTTP_ADDR", "NATS_URL", "NATS_EMBEDDED_ADDR", "DATA_DIR", "NATS_EMBEDDED_SYNC", "SUBJECT_PREFIX", "STREAM_REPLICAS",
 			"VERIFEYE_API_KEY", "VERIFEYE_API_URL", "VERIFEYE_REGION", "WEBHOOK_AUTH", "WEBHOOK_TOKEN", "WEBHOOK_API_KEY_SHA256",
-			"ENRICH_CONCURRENCY", "VERIFEYE_RATE_LIMIT", "ENRICH_MAX_ATTEMPTS", "LOG_LEVEL", "LOG_FORMAT", "NATS_CREDS", "NATS_TLS_CA"},
+			"ENRICH_CONCURRENCY", "VERIFEYE_RATE_LIMIT", "ENRICH_MAX_ATTEMPTS", "LOG_LEVEL", "LOG_FORMAT", "NATS_CREDS", "NATS_TLS_CA",
+			"SPOOL", "SPOOL_AFTER", "SPOOL_MAX_BYTES"},
 	}, {
 		args:    []string{"serve", "-h"},
 		want:    []string{"HTTP_ADDR", "WEBHOOK_AUTH"},
 		notWant: nil,
 	}, {
-		args:    []string{"ingest", "--help"},
-		want:    []string{"HTTP_ADDR", "NATS_URL", "WEBHOOK_AUTH", "WEBHOOK_TOKEN", "WEBHOOK_API_KEY_SHA256", "VERIFEYE_API_KEY", "INGEST_PUBLISH_TIMEOUT"},
-		notWant: []string{"DATA_DIR", "NATS_EMBEDDED_ADDR", "ENRICH_CONCURRENCY"},
+		args: []string{"ingest", "--help"},
+		want: []string{"HTTP_ADDR", "NATS_URL", "WEBHOOK_AUTH", "WEBHOOK_TOKEN", "WEBHOOK_API_KEY_SHA256", "VERIFEYE_API_KEY", "INGEST_PUBLISH_TIMEOUT",
+			"SPOOL", "SPOOL_AFTER", "SPOOL_MAX_BYTES", "DATA_DIR"},
+		notWant: []string{"NATS_EMBEDDED_ADDR", "ENRICH_CONCURRENCY"},
 	}, {
 		args: []string{"version"},
 		want: []string{"verifeye-bridge "},

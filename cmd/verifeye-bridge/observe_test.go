@@ -60,6 +60,7 @@ type obsOptions struct {
 	enrichOnly     bool
 	spanExporter   sdktrace.SpanExporter
 	sampleInterval time.Duration // 50 ms when zero
+	spool          bool          // the store-and-forward spool on, under a temporary DATA_DIR
 }
 
 // obsLog collects the service's JSON log lines; it is safe for concurrent use.
@@ -110,6 +111,10 @@ func obsStart(t *testing.T, o obsOptions) *obsService {
 	}
 	if cfg.ingest != nil {
 		cfg.ingest.WebhookAuth, cfg.ingest.WebhookKeyHash, cfg.ingest.PublishTimeout = "api-key", "", 3*time.Second
+	}
+	if o.spool {
+		cfg.spool = &spoolConfig{Spool: "on", SpoolAfter: time.Second, SpoolMaxBytes: 1 << 30}
+		cfg.dataDir = &dataDirConfig{DataDir: t.TempDir()}
 	}
 	cfg.api.APIKey, cfg.api.APIURL, cfg.api.APITimeout = secret(s.key), api.URL, 5*time.Second
 	e := cfg.enrich
@@ -259,7 +264,7 @@ func mismatches(fams map[string]*dto.MetricFamily, want []sample) []string {
 // sampled gauges right; then checks the dashboard, the alert rules and the
 // docs against the metrics the program really exports.
 func TestMetricsAfterKnownMix(t *testing.T) {
-	s := obsStart(t, obsOptions{})
+	s := obsStart(t, obsOptions{spool: true})
 	s.api.Script(obsReject, verifeyetest.Status(http.StatusBadRequest))
 
 	requests := []struct {
@@ -304,6 +309,16 @@ func TestMetricsAfterKnownMix(t *testing.T) {
 		{"verifeye_bridge_consumer_ack_pending_messages", "consumer=enricher", 0},
 		{"verifeye_bridge_ready", "check=nats", 1},
 		{"verifeye_bridge_ready", "check=enricher", 1},
+		{"verifeye_bridge_ready", "check=spool", 1},
+		{"verifeye_bridge_spooled_total", "", 0},
+		{"verifeye_bridge_spool_forwarded_total", "", 0},
+		{"verifeye_bridge_spool_stale_forwards_total", "", 0},
+		{"verifeye_bridge_spool_rejected_total", "", 0},
+		{"verifeye_bridge_spool_messages", "", 0},
+		{"verifeye_bridge_spool_bytes", "", 0},
+		{"verifeye_bridge_spool_max_bytes", "", 1 << 30},
+		{"verifeye_bridge_spool_oldest_age_seconds", "", 0},
+		{"verifeye_bridge_spool_forwarding", "", 1},
 		{"verifeye_bridge_nats_connected", "", 1},
 		{"verifeye_bridge_nats_reconnects_total", "", 0},
 		{"verifeye_bridge_build_info", "version=" + version + ",goversion=" + runtime.Version(), 1},

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"path/filepath"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
@@ -25,6 +26,7 @@ import (
 	"github.com/realeyes/verifeye-bridge/enricher"
 	"github.com/realeyes/verifeye-bridge/enricher/verifeye"
 	"github.com/realeyes/verifeye-bridge/internal/ops"
+	"github.com/realeyes/verifeye-bridge/internal/spool"
 	"github.com/realeyes/verifeye-bridge/internal/streams"
 )
 
@@ -35,6 +37,8 @@ type serviceConfig struct {
 	common   commonConfig
 	embedded *embeddedConfig // serve, dev: embedded NATS when NATS_URL is empty
 	ingest   *ingestConfig   // serve, dev, ingest
+	spool    *spoolConfig    // serve, ingest: with NATS_URL set
+	dataDir  *dataDirConfig  // ingest: DATA_DIR (serve reads it in embedded)
 	api      *apiConfig
 	enrich   *enrichConfig // serve, dev, enrich
 	observe  observeConfig // METRICS_SAMPLE_INTERVAL, OTEL_*
@@ -53,16 +57,16 @@ type serviceDeps struct {
 }
 
 func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cfg := serviceConfig{name: "serve", embedded: &embeddedConfig{}, ingest: &ingestConfig{}, api: &apiConfig{}, enrich: &enrichConfig{}}
+	cfg := serviceConfig{name: "serve", embedded: &embeddedConfig{}, ingest: &ingestConfig{}, spool: &spoolConfig{}, api: &apiConfig{}, enrich: &enrichConfig{}}
 	return runService(ctx, cfg, args, stdout, stderr,
 		"Run the webhook ingest and the enricher in one process. With NATS_URL empty it\nstarts an embedded NATS server with JetStream, storing under DATA_DIR.",
 		"VERIFEYE_API_KEY=... verifeye-bridge serve")
 }
 
 func cmdIngest(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cfg := serviceConfig{name: "ingest", ingest: &ingestConfig{}, api: &apiConfig{}}
+	cfg := serviceConfig{name: "ingest", ingest: &ingestConfig{}, spool: &spoolConfig{}, dataDir: &dataDirConfig{}, api: &apiConfig{}}
 	return runService(ctx, cfg, args, stdout, stderr,
-		"Run the HTTP webhook ingest alone, against the NATS cluster at NATS_URL.\nRun as many replicas as you like.",
+		"Run the HTTP webhook ingest alone, against the NATS cluster at NATS_URL.\nRun as many replicas as you like, each with its own DATA_DIR: while the\ncluster does not acknowledge in time, webhooks are spooled there (SPOOL).",
 		"NATS_URL=nats://nats:4222 WEBHOOK_API_KEY_SHA256=... verifeye-bridge ingest")
 }
 
@@ -80,6 +84,12 @@ func (c *serviceConfig) specs() []any {
 	}
 	if c.ingest != nil {
 		specs = append(specs, c.ingest)
+	}
+	if c.spool != nil {
+		specs = append(specs, c.spool)
+	}
+	if c.dataDir != nil {
+		specs = append(specs, c.dataDir)
 	}
 	if c.api != nil {
 		specs = append(specs, c.api)
@@ -115,6 +125,17 @@ func (c *serviceConfig) load() error {
 	if c.enrich != nil && c.name != "dev" {
 		check = append(check, func() error { _, err := c.api.checkURL(); return err })
 	}
+	if c.spool != nil && c.ingest != nil {
+		check = append(check, func() error { return c.spool.validate(*c.ingest) })
+	}
+	if c.dataDir != nil {
+		check = append(check, func() error {
+			if c.dataDir.DataDir == "" {
+				return errors.New("DATA_DIR: must not be empty")
+			}
+			return nil
+		})
+	}
 	if c.enrich != nil {
 		check = append(check, c.enrich.validate)
 	}
@@ -124,6 +145,25 @@ func (c *serviceConfig) load() error {
 		}
 	}
 	return nil
+}
+
+// spoolDir returns DATA_DIR/spool when the service runs the store-and-forward
+// spool (SPOOL=on with an external NATS), else "".
+func (c *serviceConfig) spoolDir() string {
+	if c.spool == nil || c.spool.Spool != "on" || c.ingest == nil || c.common.NATSURL == "" {
+		return ""
+	}
+	dir := ""
+	switch {
+	case c.dataDir != nil:
+		dir = c.dataDir.DataDir
+	case c.embedded != nil:
+		dir = c.embedded.DataDir
+	}
+	if dir == "" {
+		return ""
+	}
+	return filepath.Join(dir, "spool")
 }
 
 func runService(ctx context.Context, cfg serviceConfig, args []string, stdout, stderr io.Writer, summary, example string) error {
@@ -180,6 +220,34 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
+	// The store-and-forward spool (DESIGN.md guarantee 7), opened before
+	// anything is served: a restarted process forwards what its predecessor
+	// spooled, and webhooks are accepted even while NATS is unreachable.
+	var pub bridge.Publisher = js
+	var sp *spool.Spool
+	if dir := cfg.spoolDir(); dir != "" {
+		sp, err = spool.Open(js, spool.Options{
+			Dir:             dir,
+			MaxBytes:        cfg.spool.SpoolMaxBytes,
+			After:           cfg.spool.SpoolAfter,
+			Stream:          streams.Webhooks,
+			DuplicateWindow: cfg.common.DupWindow,
+			Registerer:      reg,
+			Log:             log.With().Str("component", "spool").Logger(),
+		})
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("DATA_DIR: %w", err)
+		}
+		defer sp.Close()
+		pub = sp
+		c, cancel := context.WithTimeout(ctx, 5*time.Second)
+		st, _ := sp.State(c)
+		cancel()
+		log.Info().Str("dir", dir).Uint64("messages", st.Messages).Int64("max_bytes", cfg.spool.SpoolMaxBytes).
+			Dur("after", cfg.spool.SpoolAfter).Msg("spool open")
+	}
+
 	g, gctx := errgroup.WithContext(ctx)
 	streamsReady := make(chan struct{})
 	g.Go(func() error {
@@ -188,9 +256,27 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 		return nil
 	})
 
-	checks := []ops.Check{{Name: "nats", Critical: true, Func: func(ctx context.Context) error {
+	// With the spool on, readiness is the spool accepting events; NATS is
+	// only reported (webhooks wait in the spool while it is away).
+	checks := []ops.Check{{Name: "nats", Critical: sp == nil, Func: func(ctx context.Context) error {
 		return streams.Ready(ctx, conn.nc, js)
 	}}}
+	fwdDone := make(chan struct{})
+	if sp != nil {
+		checks = append(checks, ops.Check{Name: "spool", Critical: true, Func: sp.Ready, State: func(ctx context.Context) any {
+			st, err := sp.State(ctx)
+			if err != nil {
+				return err.Error()
+			}
+			return st
+		}})
+		g.Go(func() error {
+			defer close(fwdDone)
+			return sp.Run(gctx)
+		})
+	} else {
+		close(fwdDone)
+	}
 
 	var enr *enricher.Enricher
 	if cfg.enrich != nil {
@@ -254,7 +340,7 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 		if opts.Auth.Mode() == bridge.AuthNone {
 			log.Warn().Msg("WEBHOOK_AUTH=none: webhooks are accepted from anyone; outcomes are still fetched from the API, so forged IDs end on the DLQ")
 		}
-		in := bridge.New(js, log.With().Str("component", "ingest").Logger(), opts)
+		in := bridge.New(pub, log.With().Str("component", "ingest").Logger(), opts)
 		checks = append(checks, ops.Check{Name: "storage", Critical: true, Func: in.Ready})
 		webhooks = in
 	}
@@ -277,6 +363,18 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 		// finishes its in-flight work on its own (its Run returns when done).
 		if err := srv.Shutdown(c); err != nil {
 			return fmt.Errorf("http shutdown: %w", err)
+		}
+		if sp != nil {
+			// Nothing new is spooled now: forward what is left within the
+			// grace, and leave the rest on disk for the next start.
+			<-fwdDone
+			left, err := sp.Drain(c)
+			if left > 0 || err != nil {
+				log.Warn().Uint64("left", left).AnErr("cause", err).Str("dir", cfg.spoolDir()).
+					Msg("spool: not drained within SHUTDOWN_GRACE; the events left stay on disk and are forwarded by the next start")
+			} else {
+				log.Info().Msg("spool: drained")
+			}
 		}
 		return nil
 	})

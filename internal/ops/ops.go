@@ -22,6 +22,9 @@ type Check struct {
 	Name     string
 	Critical bool
 	Func     func(ctx context.Context) error
+	// State, when set, is shown in /readyz's body under "state" and the
+	// check's name (the spool's depth, oldest age, forwarding or not).
+	State func(ctx context.Context) any
 }
 
 // Options say what the handler serves.
@@ -90,7 +93,11 @@ func (h *handler) readyz(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	status, code := "ready", http.StatusOK
 	checks := make(map[string]string, len(h.opts.Checks))
+	state := map[string]any{}
 	for _, ch := range h.opts.Checks {
+		if ch.State != nil {
+			state[ch.Name] = ch.State(ctx)
+		}
 		if err := ch.Func(ctx); err != nil {
 			checks[ch.Name] = err.Error()
 			if ch.Critical {
@@ -100,7 +107,11 @@ func (h *handler) readyz(w http.ResponseWriter, r *http.Request) {
 		}
 		checks[ch.Name] = "ok"
 	}
-	writeJSON(w, code, map[string]any{"status": status, "checks": checks})
+	body := map[string]any{"status": status, "checks": checks}
+	if len(state) > 0 {
+		body["state"] = state
+	}
+	writeJSON(w, code, body)
 }
 
 // ErrorCode returns the contract's "error" value and message for an HTTP

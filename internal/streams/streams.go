@@ -20,6 +20,10 @@ const (
 	Webhooks = "VERIFEYE_WEBHOOKS"
 	Results  = "VERIFEYE_RESULTS"
 	DLQ      = "VERIFEYE_DLQ"
+	// Spool is the ingest's local store-and-forward stream (under
+	// DATA_DIR/spool, never on the cluster). A PubAck from it means the
+	// webhook was spooled, not yet on Webhooks.
+	Spool = "VERIFEYE_SPOOL"
 )
 
 // Header names of the contract.
@@ -35,7 +39,10 @@ const (
 	// HeaderReplay marks a webhook re-published by `verifeye-bridge replay`: its
 	// value (the original's stream sequence) makes the outcome a new event,
 	// with the ID ReplayOutcomeID, instead of a duplicate of the first one.
-	HeaderReplay      = "Verifeye-Replay"
+	HeaderReplay = "Verifeye-Replay"
+	// HeaderSpooledAt is added to a webhook forwarded from the local spool: when
+	// it was spooled (RFC 3339).
+	HeaderSpooledAt   = "Verifeye-Spooled-At"
 	HeaderContentType = "Content-Type"
 	HeaderTraceparent = "traceparent"
 	HeaderTracestate  = "tracestate"

@@ -55,6 +55,7 @@ type config struct {
 	syncs    []string
 	keep     bool
 	enrich   bool
+	spool    bool
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -73,6 +74,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&syncs, "sync", "always,1s", "NATS_EMBEDDED_SYNC settings of serve to measure, comma-separated")
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "LOG_LEVEL of the measured processes (info, the default, logs every webhook)")
 	fs.BoolVar(&cfg.enrich, "enrich", true, "let serve's enricher work (at VERIFEYE_RATE_LIMIT=50); false makes the fake API refuse the key, which pauses it, so serve's CPU is the ingest's alone")
+	fs.BoolVar(&cfg.spool, "spool", true, "also measure `ingest` against an external NATS: SPOOL=off, SPOOL=on, and SPOOL=on with NATS down (answers from the spool alone)")
 	fs.BoolVar(&cfg.keep, "keep", false, "keep the temporary directory (logs and stores)")
 	fs.StringVar(&cfg.role, "role", "", "internal: 'ceiling' serves the handler without publishing")
 	fs.StringVar(&cfg.addr, "addr", "", "internal: listen address of the ceiling")
@@ -164,6 +166,12 @@ func orchestrate(ctx context.Context, cfg config, stdout, stderr io.Writer) erro
 	for _, s := range cfg.syncs {
 		targets = append(targets, &target{name: "serve, NATS_EMBEDDED_SYNC=" + s, sync: s})
 	}
+	if cfg.spool {
+		targets = append(targets,
+			&target{name: "ingest, SPOOL=off", ingest: true, spool: "off"},
+			&target{name: "ingest, SPOOL=on", ingest: true, spool: "on"},
+			&target{name: "ingest, SPOOL=on, NATS down", ingest: true, spool: "on", natsDown: true})
+	}
 	env := benchEnv{bin: bin, self: self, tmp: tmp, apiKey: apiKey, apiURL: api.URL, logLevel: cfg.logLevel}
 
 	printMachine(stdout, cfg, bin)
@@ -200,6 +208,7 @@ func orchestrate(ctx context.Context, cfg config, stdout, stderr io.Writer) erro
 		} else {
 			printPaced(stdout, targets, all, ph.rate)
 		}
+		printSpool(stdout, targets, all, ph.rate)
 	}
 	fmt.Fprintf(stdout, "\nLoad average after: %s\n", loadAvg())
 	if len(failures) > 0 {
@@ -260,7 +269,7 @@ func printHeader(w io.Writer) {
 func printRow(w io.Writer, t *target, m *measurement) {
 	r := m.res
 	outcomes := "-"
-	if !t.ceiling {
+	if !t.ceiling && !t.ingest {
 		outcomes = strconv.Itoa(m.outcomes)
 	}
 	fmt.Fprintf(w, "  %-34s %9.0f %9s %9s %9s %10s %6.2f %11s %8d %9s\n",
@@ -300,7 +309,7 @@ func printPaced(w io.Writer, targets []*target, all []*measurement, rate float64
 			msf(m.res.Percentile(0.5)-ceil.res.Percentile(0.5)), msf(m.res.Percentile(0.99)-ceil.res.Percentile(0.99)),
 			usf(m.cpuPerReq()-ceil.cpuPerReq()))
 	}
-	if len(targets) < 3 || targets[1].sync != "always" {
+	if len(targets) < 3 || targets[1].sync != "always" || targets[2].sync == "" {
 		return
 	}
 	always, interval := all[1], all[2]
@@ -313,6 +322,42 @@ func printPaced(w io.Writer, targets []*target, all []*measurement, rate float64
 		msf(always.res.Percentile(0.5)-interval.res.Percentile(0.5)),
 		msf(always.res.Percentile(0.99)-interval.res.Percentile(0.99)),
 		usf(always.cpuPerReq()-interval.cpuPerReq()))
+}
+
+// printSpool compares ingest with the spool on and off (NATS healthy: the
+// fast path must not pay for the spool), and ingest answering from the spool
+// alone (NATS down) with serve syncing every write to its embedded store.
+func printSpool(w io.Writer, targets []*target, all []*measurement, rate float64) {
+	find := func(ok func(*target) bool) *measurement {
+		for i, t := range targets {
+			if ok(t) {
+				return all[i]
+			}
+		}
+		return nil
+	}
+	off := find(func(t *target) bool { return t.ingest && t.spool == "off" })
+	on := find(func(t *target) bool { return t.ingest && t.spool == "on" && !t.natsDown })
+	down := find(func(t *target) bool { return t.natsDown })
+	always := find(func(t *target) bool { return t.sync == "always" })
+	compare := func(what string, a, b *measurement) {
+		if a == nil || b == nil {
+			return
+		}
+		fmt.Fprintf(w, "  %s: ", what)
+		if rate > 0 && (!keptUp(a, rate) || !keptUp(b, rate)) {
+			fmt.Fprintf(w, "not comparable: %.0f and %.0f req/s answered of %.0f offered\n", a.res.Rate(), b.res.Rate(), rate)
+			return
+		}
+		if rate == 0 {
+			fmt.Fprintf(w, "throughput x%.2f, ", a.res.Rate()/b.res.Rate())
+		}
+		fmt.Fprintf(w, "p50 %+.2f ms, p99 %+.2f ms, CPU %+.0f µs per request\n",
+			msf(a.res.Percentile(0.5)-b.res.Percentile(0.5)), msf(a.res.Percentile(0.99)-b.res.Percentile(0.99)),
+			usf(a.cpuPerReq()-b.cpuPerReq()))
+	}
+	compare("SPOOL=on vs SPOOL=off, NATS healthy", on, off)
+	compare("NATS down (from the spool alone) vs serve NATS_EMBEDDED_SYNC=always", down, always)
 }
 
 // fsyncRate measures how many append+fsync rounds per second one writer gets

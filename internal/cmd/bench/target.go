@@ -15,10 +15,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/realeyes/verifeye-bridge/internal/loadgen"
+	"github.com/realeyes/verifeye-bridge/internal/natsembed"
 	"github.com/realeyes/verifeye-bridge/internal/streams"
 )
 
@@ -29,12 +31,19 @@ type benchEnv struct {
 	logLevel       string
 }
 
-// target is one measured process: the ceiling, or serve with a sync setting.
+// target is one measured process: the ceiling, serve with a sync setting, or
+// ingest against an external NATS with the spool on or off.
 type target struct {
 	name    string
 	ceiling bool
 	sync    string // NATS_EMBEDDED_SYNC of serve
-	runs    int
+	// ingest: `ingest` against a NATS server this process runs for it (a
+	// fresh store per run, synced every second), SPOOL=spool; natsDown: no
+	// server at all, so every answer comes from the spool.
+	ingest   bool
+	spool    string
+	natsDown bool
+	runs     int
 }
 
 // measurement is one target under one phase.
@@ -97,7 +106,8 @@ func measure(ctx context.Context, env benchEnv, t *target, opts loadgen.Options,
 		return nil, fmt.Errorf("%w\n%s", err, p.logTail())
 	}
 
-	// serve: a client of the embedded server, to count what was stored.
+	// serve: a client of the embedded server (ingest: of its NATS server),
+	// to count what was stored.
 	var js jetstream.JetStream
 	if p.natsAddr != "" {
 		nc, err := nats.Connect("nats://" + p.natsAddr)
@@ -147,18 +157,49 @@ func measure(ctx context.Context, env benchEnv, t *target, opts loadgen.Options,
 		return nil, ctx.Err()
 	}
 
+	accepted := m.warm.OK - m.warm.Duplicates + m.res.OK - m.res.Duplicates
 	if js != nil {
 		after, err := streamMsgs(ctx, js, streams.Results, streams.Webhooks)
 		if err != nil {
 			return nil, err
 		}
 		m.outcomes, m.stored = after[0]-before[0], after[1]
-		m.accepted = m.warm.OK - m.warm.Duplicates + m.res.OK - m.res.Duplicates
+		m.accepted = accepted
 	}
 	if err := p.stop(30 * time.Second); err != nil {
 		m.exitErr = fmt.Errorf("%w\n%s", err, p.logTail())
 	}
+	if t.natsDown {
+		// Everything answered 202 must be in the spool the process left.
+		if m.stored, err = spooled(ctx, filepath.Join(p.dataDir, "spool")); err != nil {
+			return nil, err
+		}
+		m.accepted = accepted
+	}
 	return m, nil
+}
+
+// spooled opens a stopped ingest's spool directory and counts its events.
+func spooled(ctx context.Context, dir string) (int, error) {
+	ns, err := natsembed.Start(natsembed.Options{StoreDir: dir, Addr: "-"})
+	if err != nil {
+		return 0, fmt.Errorf("open spool %s: %w", dir, err)
+	}
+	defer natsembed.Shutdown(ns)
+	nc, err := nats.Connect("", nats.InProcessServer(ns))
+	if err != nil {
+		return 0, err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return 0, err
+	}
+	n, err := streamMsgs(ctx, js, streams.Spool)
+	if err != nil {
+		return 0, err
+	}
+	return n[0], nil
 }
 
 // streamMsgs returns the number of messages on each of names.
@@ -184,7 +225,9 @@ func streamMsgs(ctx context.Context, js jetstream.JetStream, names ...string) ([
 type process struct {
 	cmd      *exec.Cmd
 	addr     string // HTTP host:port
-	natsAddr string // serve: the embedded server's client address
+	natsAddr string // serve: the embedded server's client address; ingest: its NATS server's
+	dataDir  string
+	ns       *server.Server // ingest: the NATS server run for it
 	logPath  string
 	done     chan struct{}
 	waitErr  error
@@ -198,13 +241,41 @@ func start(env benchEnv, t *target, dir string) (*process, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &process{addr: addr, logPath: filepath.Join(dir, "log"), done: make(chan struct{})}
+	p := &process{addr: addr, dataDir: filepath.Join(dir, "data"), logPath: filepath.Join(dir, "log"), done: make(chan struct{})}
 	// Only what the process needs: no NATS_URL or other setting leaks in from
 	// the caller's environment.
 	vars := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"), "TMPDIR=" + os.TempDir()}
-	if t.ceiling {
+	switch {
+	case t.ceiling:
 		p.cmd = exec.Command(env.self, "-role=ceiling", "-addr="+addr, "-api-key="+env.apiKey, "-log-level="+env.logLevel)
-	} else {
+	case t.ingest:
+		natsURL := "nats://"
+		if t.natsDown {
+			// Nothing listens there: every publish fails at once.
+			down, err := freeAddr()
+			if err != nil {
+				return nil, err
+			}
+			natsURL += down
+		} else {
+			p.ns, err = natsembed.Start(natsembed.Options{StoreDir: filepath.Join(dir, "nats"), SyncInterval: time.Second})
+			if err != nil {
+				return nil, err
+			}
+			p.natsAddr = p.ns.Addr().String()
+			natsURL += p.natsAddr
+		}
+		p.cmd = exec.Command(env.bin, "ingest")
+		vars = append(vars,
+			"HTTP_ADDR="+addr,
+			"NATS_URL="+natsURL,
+			"DATA_DIR="+p.dataDir,
+			"SPOOL="+t.spool,
+			"SHUTDOWN_GRACE=2s",
+			"VERIFEYE_API_KEY="+env.apiKey,
+			"LOG_LEVEL="+env.logLevel,
+		)
+	default:
 		if p.natsAddr, err = freeAddr(); err != nil {
 			return nil, err
 		}
@@ -222,19 +293,29 @@ func start(env benchEnv, t *target, dir string) (*process, error) {
 	p.cmd.Env = vars
 	logf, err := os.Create(p.logPath)
 	if err != nil {
+		p.stopNATS()
 		return nil, err
 	}
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
 	if err := p.cmd.Start(); err != nil {
 		logf.Close()
+		p.stopNATS()
 		return nil, err
 	}
 	go func() {
 		p.waitErr = p.cmd.Wait()
 		logf.Close()
+		p.stopNATS()
 		close(p.done)
 	}()
 	return p, nil
+}
+
+// stopNATS stops the NATS server run for an ingest, if any.
+func (p *process) stopNATS() {
+	if p.ns != nil {
+		natsembed.Shutdown(p.ns)
+	}
 }
 
 // freeAddr returns a loopback address that was free a moment ago.
