@@ -103,7 +103,7 @@ type rigOptions struct {
 	connOpts       []nats.Option
 	limits         *streams.Limits // nil: streams.DefaultLimits()
 	trustedProxies []*net.IPNet
-	spool          bool            // publish through a store-and-forward spool
+	spool          bool // publish through a store-and-forward spool
 }
 
 func newRig(t *testing.T, o rigOptions) *rig {

@@ -188,7 +188,7 @@ func TestKubernetesNATSUsers(t *testing.T) {
 
 	found := map[string]bool{}
 	for _, d := range readBase(t) {
-		if d.kind != "Deployment" {
+		if d.kind != "Deployment" && d.kind != "StatefulSet" {
 			continue
 		}
 		role := str(d.raw, "spec", "template", "spec", "containers", 0, "args", 0)
@@ -212,7 +212,7 @@ func TestKubernetesNATSUsers(t *testing.T) {
 	}
 	for _, role := range []string{"ingest", "enrich"} {
 		if !found[role] {
-			t.Fatalf("no Deployment logs in to NATS as %q", role)
+			t.Fatalf("no Deployment or StatefulSet logs in to NATS as %q", role)
 		}
 	}
 	checkNATSRoles(t, opts.Users, logins)

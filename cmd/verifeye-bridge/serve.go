@@ -9,8 +9,8 @@ import (
 	stdlog "log"
 	"net"
 	"net/http"
-	"strings"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
