@@ -201,7 +201,11 @@ func Expect(ctx context.Context, js jetstream.JetStream, source, sessionID strin
 	if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) {
 		nc := js.Conn()
 		if err = nc.PublishMsg(msg); err == nil {
-			err = nc.FlushWithContext(ctx)
+			if _, ok := ctx.Deadline(); ok {
+				err = nc.FlushWithContext(ctx)
+			} else {
+				err = nc.Flush()
+			}
 		}
 	}
 	if err != nil {
