@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -327,18 +326,24 @@ func (r *runner) handle(msg jetstream.Msg) {
 	}
 
 	// Keep the ack deadline alive while the handler runs.
-	var done atomic.Bool
+	var mu sync.Mutex
+	var done bool
 	var t *time.Timer
+	mu.Lock()
 	t = time.AfterFunc(r.progress, func() {
-		if done.Load() {
-			return
+		mu.Lock()
+		defer mu.Unlock()
+		if !done {
+			_ = msg.InProgress()
+			t.Reset(r.progress)
 		}
-		_ = msg.InProgress()
-		t.Reset(r.progress)
 	})
+	mu.Unlock()
 	err = r.call(ctx, ev)
-	done.Store(true)
+	mu.Lock()
+	done = true
 	t.Stop()
+	mu.Unlock()
 
 	switch {
 	case err == nil:
