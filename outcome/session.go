@@ -197,8 +197,12 @@ func Expect(ctx context.Context, js jetstream.JetStream, source, sessionID strin
 	body, _ := json.Marshal(Expectation{SessionID: sessionID, Source: source})
 	msg := nats.NewMsg(ExpectSubject(o.prefix, source))
 	msg.Data = body
-	_, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID(ExpectMsgID(sessionID)))
-	if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) {
+	// A plain subscriber on the subject would swallow a JetStream publish
+	// without answering it: ask which stream captures the subject first.
+	_, err := js.StreamNameBySubject(ctx, msg.Subject)
+	if err == nil {
+		_, err = js.PublishMsg(ctx, msg, jetstream.WithMsgID(ExpectMsgID(sessionID)))
+	} else if errors.Is(err, jetstream.ErrStreamNotFound) {
 		nc := js.Conn()
 		if err = nc.PublishMsg(msg); err == nil {
 			if _, ok := ctx.Deadline(); ok {
