@@ -232,71 +232,82 @@ func Consume(ctx context.Context, js jetstream.JetStream, durable string, h Hand
 
 	// slots holds one token per idle worker. The fetcher asks the server for
 	// exactly as many messages as it holds tokens, so this process never holds
-	// more messages than WithConcurrency.
+	// more messages than WithConcurrency. Like the library's own Consume, it
+	// asks again when half the workers are idle (or when no request is
+	// outstanding), so requests carry batches rather than single messages.
 	slots := make(chan struct{}, o.concurrency)
+	ended := make(chan struct{}, o.concurrency) // one per finished request
+	threshold := max(1, o.concurrency/2)
+	tokens, outstanding := o.concurrency, 0
+	// work never blocks a sender: it holds as many messages as there are
+	// tokens, and a message is fetched only with a token.
+	work := make(chan jetstream.Msg, o.concurrency)
+	var workers, wg sync.WaitGroup
 	for range o.concurrency {
-		slots <- struct{}{}
+		workers.Go(func() {
+			p := r.newProgress()
+			for msg := range work {
+				r.handle(msg, p)
+				slots <- struct{}{}
+			}
+			p.stop()
+		})
 	}
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for ctx.Err() == nil {
-		var n int
+	defer func() {
+		wg.Wait() // every request has ended: nothing more is sent on work
+		close(work)
+		workers.Wait()
+	}()
+	for {
+		if tokens >= threshold || (tokens > 0 && outstanding == 0) {
+			n := tokens
+			fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			batch, err := cons.Fetch(n, jetstream.FetchContext(fctx))
+			if err != nil {
+				cancel()
+				if ctx.Err() != nil {
+					return nil
+				}
+				// The connection is away or the consumer was deleted: try
+				// again shortly, like the library's own Consume does.
+				select {
+				case <-time.After(time.Second):
+					continue
+				case <-ctx.Done():
+					return nil
+				}
+			}
+			tokens, outstanding = 0, outstanding+1
+			// The batch streams its messages as they arrive: hand each to a
+			// worker at once, and give back the tokens it did not use.
+			wg.Go(func() {
+				defer cancel()
+				got := 0
+				for msg := range batch.Messages() {
+					got++
+					if ctx.Err() != nil {
+						_ = msg.Nak() // redeliver at once, elsewhere
+						slots <- struct{}{}
+						continue
+					}
+					work <- msg
+				}
+				for range n - got {
+					slots <- struct{}{}
+				}
+				ended <- struct{}{}
+			})
+			continue
+		}
 		select {
 		case <-slots:
-			n = 1
+			tokens++
+		case <-ended:
+			outstanding--
 		case <-ctx.Done():
 			return nil
 		}
-	more:
-		for n < o.concurrency {
-			select {
-			case <-slots:
-				n++
-			default:
-				break more
-			}
-		}
-		fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		batch, err := cons.Fetch(n, jetstream.FetchContext(fctx))
-		if err != nil {
-			cancel()
-			for range n {
-				slots <- struct{}{}
-			}
-			if ctx.Err() != nil {
-				return nil
-			}
-			// The connection is away or the consumer was deleted: try again
-			// shortly, like the library's own Consume does.
-			select {
-			case <-time.After(time.Second):
-			case <-ctx.Done():
-			}
-			continue
-		}
-		// The batch streams its messages as they arrive; hand each to a
-		// worker at once, and give back the tokens it did not use.
-		wg.Go(func() {
-			defer cancel()
-			got := 0
-			for msg := range batch.Messages() {
-				got++
-				if ctx.Err() != nil {
-					_ = msg.Nak()
-					slots <- struct{}{}
-					continue
-				}
-				wg.Go(func() {
-					r.handle(msg)
-					slots <- struct{}{}
-				})
-			}
-			for range n - got {
-				slots <- struct{}{}
-			}
-		})
 	}
-	return nil
 }
 
 type runner struct {
@@ -306,16 +317,55 @@ type runner struct {
 	handlerCtx context.Context
 }
 
-// handle runs the handler for one message and settles the message.
-func (r *runner) handle(msg jetstream.Msg) {
-	var seq, attempt uint64
-	if md, err := msg.Metadata(); err == nil {
-		seq, attempt = md.Sequence.Stream, md.NumDelivered
+// progress tells the server that a worker's message is still being handled,
+// every third of the ack wait. One per worker, reused for each message.
+type progress struct {
+	mu    sync.Mutex
+	msg   jetstream.Msg // nil while idle
+	t     *time.Timer
+	every time.Duration
+}
+
+func (r *runner) newProgress() *progress {
+	p := &progress{every: r.progress}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.t = time.AfterFunc(time.Hour, p.fire)
+	p.t.Stop()
+	return p
+}
+
+func (p *progress) fire() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.msg != nil {
+		_ = p.msg.InProgress()
+		p.t.Reset(p.every)
 	}
+}
+
+func (p *progress) start(msg jetstream.Msg) {
+	p.mu.Lock()
+	p.msg = msg
+	p.t.Reset(p.every)
+	p.mu.Unlock()
+}
+
+func (p *progress) done() {
+	p.mu.Lock()
+	p.msg = nil
+	p.t.Stop()
+	p.mu.Unlock()
+}
+
+func (p *progress) stop() { p.done() }
+
+// handle runs the handler for one message and settles the message.
+func (r *runner) handle(msg jetstream.Msg, p *progress) {
 	ev, err := Decode(msg.Data())
 	if err != nil {
 		_ = msg.Term()
-		r.report(&DeliveryError{Subject: msg.Subject(), Sequence: seq, Attempt: attempt, Terminated: true, Err: err})
+		r.report(msg, &DeliveryError{Terminated: true, Err: err})
 		return
 	}
 	ctx := r.handlerCtx
@@ -324,38 +374,25 @@ func (r *runner) handle(msg jetstream.Msg) {
 			ctx = context.WithValue(ctx, traceKey{}, trace{parent: tp, state: h.Get(HeaderTracestate)})
 		}
 	}
-
-	// Keep the ack deadline alive while the handler runs.
-	var mu sync.Mutex
-	var done bool
-	var t *time.Timer
-	mu.Lock()
-	t = time.AfterFunc(r.progress, func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if !done {
-			_ = msg.InProgress()
-			t.Reset(r.progress)
-		}
-	})
-	mu.Unlock()
+	p.start(msg)
 	err = r.call(ctx, ev)
-	mu.Lock()
-	done = true
-	t.Stop()
-	mu.Unlock()
-
-	switch {
-	case err == nil:
+	p.done()
+	if err == nil {
 		_ = msg.Ack()
-	case IsPermanent(err) || (r.o.maxAttempts > 0 && attempt >= uint64(r.o.maxAttempts)):
-		_ = msg.Term()
-		r.report(&DeliveryError{Subject: msg.Subject(), Sequence: seq, Attempt: attempt, SessionID: ev.SessionID, Terminated: true, Err: err})
-	default:
-		delay := r.o.backoff(int(min(attempt, 1<<20)))
-		_ = msg.NakWithDelay(delay)
-		r.report(&DeliveryError{Subject: msg.Subject(), Sequence: seq, Attempt: attempt, SessionID: ev.SessionID, RetryIn: delay, Err: err})
+		return
 	}
+	var attempt uint64 = 1
+	if md, mdErr := msg.Metadata(); mdErr == nil {
+		attempt = md.NumDelivered
+	}
+	if IsPermanent(err) || (r.o.maxAttempts > 0 && attempt >= uint64(r.o.maxAttempts)) {
+		_ = msg.Term()
+		r.report(msg, &DeliveryError{SessionID: ev.SessionID, Terminated: true, Err: err})
+		return
+	}
+	delay := r.o.backoff(int(min(attempt, 1<<20)))
+	_ = msg.NakWithDelay(delay)
+	r.report(msg, &DeliveryError{SessionID: ev.SessionID, RetryIn: delay, Err: err})
 }
 
 func (r *runner) call(ctx context.Context, ev *Event) (err error) {
@@ -367,10 +404,17 @@ func (r *runner) call(ctx context.Context, ev *Event) (err error) {
 	return r.h(ctx, ev)
 }
 
-func (r *runner) report(err *DeliveryError) {
-	if r.o.onError != nil {
-		r.o.onError(err)
+// report completes err with the message's place in the stream and hands it
+// to the error function.
+func (r *runner) report(msg jetstream.Msg, err *DeliveryError) {
+	if r.o.onError == nil {
+		return
 	}
+	err.Subject = msg.Subject()
+	if md, mdErr := msg.Metadata(); mdErr == nil {
+		err.Sequence, err.Attempt = md.Sequence.Stream, md.NumDelivered
+	}
+	r.o.onError(err)
 }
 
 type traceKey struct{}

@@ -106,4 +106,3 @@ func exampleJetStream() (jetstream.JetStream, func()) {
 		_ = os.RemoveAll(dir)
 	}
 }
-

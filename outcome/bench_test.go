@@ -1,0 +1,135 @@
+package outcome_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/realeyes/verifeye-bridge/internal/natstest"
+	"github.com/realeyes/verifeye-bridge/outcome"
+	"github.com/realeyes/verifeye-bridge/outcome/outcometest"
+)
+
+// BenchmarkConsume measures outcomes per second through Consume with a no-op
+// handler, against a hand-written jetstream Consume loop that decodes the
+// event and acks each message, both on the same stream in the same run. It
+// reports both rates and their ratio (target ≥ 0.9).
+func BenchmarkConsume(b *testing.B) {
+	const n = 20_000
+	for _, conc := range []int{256} {
+		b.Run(fmt.Sprintf("concurrency=%d", conc), func(b *testing.B) {
+			ns := natstest.Start(b)
+			js := ns.JetStream()
+			ctx := context.Background()
+			if err := outcometest.CreateStream(ctx, js, ""); err != nil {
+				b.Fatal(err)
+			}
+			for i := range n {
+				m, err := outcometest.Msg("", outcometest.Passed("default", sessionID(i)))
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := js.PublishMsgAsync(m); err != nil {
+					b.Fatal(err)
+				}
+			}
+			select {
+			case <-js.PublishAsyncComplete():
+			case <-time.After(30 * time.Second):
+				b.Fatal("publish timed out")
+			}
+			round := 0
+			var lib, hand float64
+			for b.Loop() {
+				round++
+				// Each side reads the whole stream with a fresh durable, on
+				// its own connection.
+				hand += handWritten(b, jetstream.JetStream(natstest.JetStreamAt(b, ns.URL())), fmt.Sprintf("hand%d", round), n)
+				lib += viaConsume(b, jetstream.JetStream(natstest.JetStreamAt(b, ns.URL())), fmt.Sprintf("lib%d", round), n, conc)
+			}
+			b.ReportMetric(lib/float64(round), "outcomes/s")
+			b.ReportMetric(hand/float64(round), "hand-outcomes/s")
+			b.ReportMetric(lib/hand, "ratio")
+		})
+	}
+}
+
+// viaConsume returns the rate at which Consume handles n outcomes.
+func viaConsume(b *testing.B, js jetstream.JetStream, durable string, n, conc int) float64 {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var got atomic.Int64
+	done := make(chan error, 1)
+	start := time.Now()
+	var elapsed time.Duration
+	go func() {
+		done <- outcome.Consume(ctx, js, durable, func(context.Context, *outcome.Event) error {
+			if got.Add(1) == int64(n) {
+				elapsed = time.Since(start)
+				cancel()
+			}
+			return nil
+		}, outcome.WithConcurrency(conc))
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			b.Fatal(err)
+		}
+	case <-time.After(5 * time.Minute):
+		b.Fatal("Consume did not finish")
+	}
+	return float64(n) / elapsed.Seconds()
+}
+
+// handWritten is what a service writes by hand: the library's Consume with
+// explicit acks, decoding each event.
+func handWritten(b *testing.B, js jetstream.JetStream, durable string, n int) float64 {
+	ctx := context.Background()
+	cons, err := js.CreateOrUpdateConsumer(ctx, outcome.StreamResults, jetstream.ConsumerConfig{
+		Durable: durable, FilterSubjects: []string{outcome.ResultsAll(outcome.DefaultPrefix)}, AckPolicy: jetstream.AckExplicitPolicy,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	finished := make(chan time.Duration, 1)
+	var got int
+	start := time.Now()
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		// The attributes a handler works with, as a service would decode them.
+		var ev struct {
+			ID      string          `json:"id"`
+			Type    string          `json:"type"`
+			Source  string          `json:"source"`
+			Subject string          `json:"subject"`
+			Time    time.Time       `json:"time"`
+			Outcome string          `json:"verifeyeoutcome"`
+			Data    json.RawMessage `json:"data"`
+		}
+		if err := json.Unmarshal(m.Data(), &ev); err != nil {
+			_ = m.Term()
+			return
+		}
+		_ = m.Ack()
+		if got++; got == n {
+			finished <- time.Since(start)
+		}
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cc.Stop()
+	select {
+	case d := <-finished:
+		return float64(n) / d.Seconds()
+	case <-time.After(5 * time.Minute):
+		b.Fatal("hand-written loop did not finish")
+	}
+	return 0
+}
+
