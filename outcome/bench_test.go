@@ -132,4 +132,3 @@ func handWritten(b *testing.B, js jetstream.JetStream, durable string, n int) fl
 	}
 	return 0
 }
-

@@ -26,8 +26,11 @@ const (
 
 // Header names of the contract.
 const (
-	HeaderMsgID       = jetstream.MsgIDHeader // Nats-Msg-Id
-	HeaderContentType = "Content-Type"
+	HeaderMsgID = jetstream.MsgIDHeader // Nats-Msg-Id
+	// HeaderExpectedStream is set by the bridge's publishes so that only the
+	// intended stream stores them; JetStream keeps it on the stored message.
+	HeaderExpectedStream = jetstream.ExpectedStreamHeader // Nats-Expected-Stream
+	HeaderContentType    = "Content-Type"
 	// HeaderReceivedAt is when the bridge received the webhook (RFC 3339).
 	HeaderReceivedAt = "Verifeye-Received-At"
 	// HeaderReconciled is "true" on a webhook the bridge injected itself for an
