@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -230,95 +231,101 @@ func Consume(ctx context.Context, js jetstream.JetStream, durable string, h Hand
 	}
 	r := &runner{h: h, o: &o, progress: ackWait / 3, handlerCtx: context.WithoutCancel(ctx)}
 
-	// slots holds one token per idle worker. The fetcher asks the server for
-	// exactly as many messages as it holds tokens, so this process never holds
-	// more messages than WithConcurrency. Like the library's own Consume, it
-	// asks again when half the workers are idle (or when no request is
-	// outstanding), so requests carry batches rather than single messages.
-	slots := make(chan struct{}, o.concurrency)
-	ended := make(chan struct{}, o.concurrency) // one per finished request
-	threshold := max(1, o.concurrency/2)
-	tokens, outstanding := o.concurrency, 0
-	// work never blocks a sender: it holds as many messages as there are
-	// tokens, and a message is fetched only with a token.
-	work := make(chan jetstream.Msg, o.concurrency)
-	var workers, wg sync.WaitGroup
-	for range o.concurrency {
-		workers.Go(func() {
-			p := r.newProgress()
-			for msg := range work {
-				r.handle(msg, p)
-				slots <- struct{}{}
-			}
-			p.stop()
-		})
+	// idle counts the workers with nothing to do. The fetcher asks the server
+	// for exactly that many messages and subtracts them, so this process never
+	// holds more messages than WithConcurrency. Like the library's own
+	// Consume, it asks again when half the workers are idle (or when no
+	// request is outstanding), so requests carry batches, not single messages,
+	// and workers wake the fetcher only then.
+	threshold := int64(max(1, o.concurrency/2))
+	var idle, outstanding atomic.Int64
+	idle.Store(int64(o.concurrency))
+	wake := make(chan struct{}, 1)
+	signal := func() {
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
 	}
-	defer func() {
-		wg.Wait() // every request has ended: nothing more is sent on work
-		close(work)
-		workers.Wait()
-	}()
+	release := func(k int64) {
+		if idle.Add(k) >= threshold || outstanding.Load() == 0 {
+			signal()
+		}
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	for {
-		if tokens >= threshold || (tokens > 0 && outstanding == 0) {
-			n := tokens
-			fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			batch, err := cons.Fetch(n, jetstream.FetchContext(fctx))
-			if err != nil {
-				cancel()
-				if ctx.Err() != nil {
-					return nil
-				}
-				// The connection is away or the consumer was deleted: try
-				// again shortly, like the library's own Consume does.
-				select {
-				case <-time.After(time.Second):
-					continue
-				case <-ctx.Done():
-					return nil
-				}
+		n := idle.Load()
+		if n < threshold && (n == 0 || outstanding.Load() > 0) {
+			select {
+			case <-wake:
+				continue
+			case <-ctx.Done():
+				return nil
 			}
-			tokens, outstanding = 0, outstanding+1
-			// The batch streams its messages as they arrive: hand each to a
-			// worker at once, and give back the tokens it did not use.
+		}
+		batch, cancel, err := fetch(ctx, cons, int(n))
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			// The connection is away or the consumer was deleted: try again
+			// shortly, like the library's own Consume does.
+			select {
+			case <-time.After(time.Second):
+				continue
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		idle.Add(-n)
+		outstanding.Add(1)
+		// The batch streams its messages as they arrive. One goroutine per
+		// requested message waits on it, so each message goes straight to a
+		// handler; the last one out marks the request as ended.
+		left := atomic.Int64{}
+		left.Store(n)
+		for range n {
 			wg.Go(func() {
-				defer cancel()
-				got := 0
-				for msg := range batch.Messages() {
-					got++
+				if msg, ok := <-batch.Messages(); ok {
 					if ctx.Err() != nil {
 						_ = msg.Nak() // redeliver at once, elsewhere
-						slots <- struct{}{}
-						continue
+					} else {
+						r.handle(msg)
 					}
-					work <- msg
 				}
-				for range n - got {
-					slots <- struct{}{}
+				if left.Add(-1) == 0 {
+					cancel()
+					outstanding.Add(-1)
 				}
-				ended <- struct{}{}
+				release(1)
 			})
-			continue
-		}
-		select {
-		case <-slots:
-			tokens++
-		case <-ended:
-			outstanding--
-		case <-ctx.Done():
-			return nil
 		}
 	}
 }
 
+// fetch asks for n messages with a request that lasts at most 30 s (the
+// server then sends heartbeats) or until ctx ends; cancel ends it sooner.
+func fetch(ctx context.Context, cons jetstream.Consumer, n int) (jetstream.MessageBatch, context.CancelFunc, error) {
+	fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	batch, err := cons.Fetch(n, jetstream.FetchContext(fctx))
+	if err != nil {
+		cancel()
+		return nil, nil, err
+	}
+	return batch, cancel, nil
+}
+
 type runner struct {
+	pool       sync.Pool // of *progress
 	h          Handler
 	o          *options
 	progress   time.Duration
 	handlerCtx context.Context
 }
 
-// progress tells the server that a worker's message is still being handled,
-// every third of the ack wait. One per worker, reused for each message.
+// progress tells the server that a message is still being handled, every
+// third of the ack wait. Reused through runner.pool.
 type progress struct {
 	mu    sync.Mutex
 	msg   jetstream.Msg // nil while idle
@@ -326,7 +333,10 @@ type progress struct {
 	every time.Duration
 }
 
-func (r *runner) newProgress() *progress {
+func (r *runner) getProgress() *progress {
+	if p, ok := r.pool.Get().(*progress); ok {
+		return p
+	}
 	p := &progress{every: r.progress}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -358,10 +368,8 @@ func (p *progress) done() {
 	p.mu.Unlock()
 }
 
-func (p *progress) stop() { p.done() }
-
 // handle runs the handler for one message and settles the message.
-func (r *runner) handle(msg jetstream.Msg, p *progress) {
+func (r *runner) handle(msg jetstream.Msg) {
 	ev, err := Decode(msg.Data())
 	if err != nil {
 		_ = msg.Term()
@@ -374,9 +382,11 @@ func (r *runner) handle(msg jetstream.Msg, p *progress) {
 			ctx = context.WithValue(ctx, traceKey{}, trace{parent: tp, state: h.Get(HeaderTracestate)})
 		}
 	}
+	p := r.getProgress()
 	p.start(msg)
 	err = r.call(ctx, ev)
 	p.done()
+	r.pool.Put(p)
 	if err == nil {
 		_ = msg.Ack()
 		return

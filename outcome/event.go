@@ -74,7 +74,20 @@ func CloudEventSource(source string) string { return cloudEventSourcePrefix + so
 // ErrUndecodable otherwise. An event without the verifeyesource or
 // verifeyeoutcome attributes gets them from source and data.
 func Decode(data []byte) (*Event, error) {
-	var w wire
+	// w is wire without the attributes Decode does not read: fewer
+	// allocations on every message.
+	var w struct {
+		SpecVersion     string          `json:"specversion"`
+		ID              string          `json:"id"`
+		Type            string          `json:"type"`
+		Source          string          `json:"source"`
+		Subject         string          `json:"subject"`
+		Time            string          `json:"time"`
+		VerifeyeSource  string          `json:"verifeyesource"`
+		VerifeyeOutcome string          `json:"verifeyeoutcome"`
+		Reconciled      json.RawMessage `json:"verifeyereconciled"`
+		Data            json.RawMessage `json:"data"`
+	}
 	if err := json.Unmarshal(data, &w); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUndecodable, err)
 	}
