@@ -254,7 +254,21 @@ func Consume(ctx context.Context, js jetstream.JetStream, durable string, h Hand
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	// failed is set when a request ended with an error and no message: the
+	// connection is away, or someone deleted the consumer.
+	var failed atomic.Bool
 	for {
+		if failed.Swap(false) {
+			select {
+			case <-time.After(time.Second):
+			case <-ctx.Done():
+				return nil
+			}
+			// Bind again, or create the consumer again if it was deleted.
+			if c, err := js.CreateOrUpdateConsumer(ctx, StreamResults, o.consumerConfig(durable)); err == nil {
+				cons = c
+			}
+		}
 		n := idle.Load()
 		if n < threshold && (n == 0 || outstanding.Load() > 0) {
 			select {
@@ -269,25 +283,20 @@ func Consume(ctx context.Context, js jetstream.JetStream, durable string, h Hand
 			if ctx.Err() != nil {
 				return nil
 			}
-			// The connection is away or the consumer was deleted: try again
-			// shortly, like the library's own Consume does.
-			select {
-			case <-time.After(time.Second):
-				continue
-			case <-ctx.Done():
-				return nil
-			}
+			failed.Store(true) // try again shortly
+			continue
 		}
 		idle.Add(-n)
 		outstanding.Add(1)
 		// The batch streams its messages as they arrive. One goroutine per
 		// requested message waits on it, so each message goes straight to a
 		// handler; the last one out marks the request as ended.
-		left := atomic.Int64{}
+		var left, got atomic.Int64
 		left.Store(n)
 		for range n {
 			wg.Go(func() {
 				if msg, ok := <-batch.Messages(); ok {
+					got.Add(1)
 					if ctx.Err() != nil {
 						_ = msg.Nak() // redeliver at once, elsewhere
 					} else {
@@ -296,6 +305,9 @@ func Consume(ctx context.Context, js jetstream.JetStream, durable string, h Hand
 				}
 				if left.Add(-1) == 0 {
 					cancel()
+					if got.Load() == 0 && batch.Error() != nil && ctx.Err() == nil {
+						failed.Store(true)
+					}
 					outstanding.Add(-1)
 				}
 				release(1)

@@ -492,3 +492,32 @@ func TestConsumeNilHandler(t *testing.T) {
 		t.Error("Consume(nil handler) = nil, want an error")
 	}
 }
+
+func TestConsumeRecreatesDeletedConsumer(t *testing.T) {
+	js := setup(t)
+	first := publishN(t, js, 0, 2)
+	var c counter
+	stop := consumer(t, js, "kyc", func(ctx context.Context, ev *outcome.Event) error {
+		c.add(ev.SessionID)
+		return nil
+	}, outcome.WithConcurrency(2))
+	waitSettled(t, js, "kyc")
+	if err := js.DeleteConsumer(context.Background(), outcome.StreamResults, "kyc"); err != nil {
+		t.Fatal(err)
+	}
+	later := publishN(t, js, 10, 1)[0]
+	natstest.WaitFor(t, 20*time.Second, func() error {
+		if c.get(later) == 0 {
+			return errors.New("outcome published after the consumer was deleted not handled yet")
+		}
+		return nil
+	})
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	// The new consumer starts from the beginning of the stream again: the
+	// first outcomes come twice, which idempotent handlers absorb.
+	if c.get(first[0]) < 1 || c.get(later) != 1 {
+		t.Errorf("calls = %v", c.calls)
+	}
+}
