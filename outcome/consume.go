@@ -252,8 +252,24 @@ func Consume(ctx context.Context, js jetstream.JetStream, durable string, h Hand
 			signal()
 		}
 	}
-	var wg sync.WaitGroup
-	defer wg.Wait()
+	// work never blocks a sender: a message is fetched only for an idle
+	// worker. A fixed pool of workers, each with its own progress timer.
+	work := make(chan jetstream.Msg, o.concurrency)
+	var workers, wg sync.WaitGroup
+	for range o.concurrency {
+		workers.Go(func() {
+			p := r.newProgress()
+			for msg := range work {
+				r.handle(msg, p)
+				release(1)
+			}
+		})
+	}
+	defer func() {
+		wg.Wait() // every request has ended: nothing more is sent on work
+		close(work)
+		workers.Wait()
+	}()
 	// failed is set when a request ended with an error and no message: the
 	// connection is away, or someone deleted the consumer.
 	var failed atomic.Bool
@@ -288,31 +304,27 @@ func Consume(ctx context.Context, js jetstream.JetStream, durable string, h Hand
 		}
 		idle.Add(-n)
 		outstanding.Add(1)
-		// The batch streams its messages as they arrive. One goroutine per
-		// requested message waits on it, so each message goes straight to a
-		// handler; the last one out marks the request as ended.
-		var left, got atomic.Int64
-		left.Store(n)
-		for range n {
-			wg.Go(func() {
-				if msg, ok := <-batch.Messages(); ok {
-					got.Add(1)
-					if ctx.Err() != nil {
-						_ = msg.Nak() // redeliver at once, elsewhere
-					} else {
-						r.handle(msg)
-					}
+		// The batch streams its messages as they arrive: hand each to a
+		// worker at once, and give back what it did not use.
+		wg.Go(func() {
+			defer cancel()
+			var got int64
+			for msg := range batch.Messages() {
+				got++
+				if ctx.Err() != nil {
+					_ = msg.Nak() // redeliver at once, elsewhere
+					release(1)
+					continue
 				}
-				if left.Add(-1) == 0 {
-					cancel()
-					if got.Load() == 0 && batch.Error() != nil && ctx.Err() == nil {
-						failed.Store(true)
-					}
-					outstanding.Add(-1)
-				}
-				release(1)
-			})
-		}
+				work <- msg
+			}
+			if got == 0 && batch.Error() != nil && ctx.Err() == nil {
+				failed.Store(true)
+			}
+			outstanding.Add(-1)
+			release(n - got)
+			signal()
+		})
 	}
 }
 
@@ -329,7 +341,6 @@ func fetch(ctx context.Context, cons jetstream.Consumer, n int) (jetstream.Messa
 }
 
 type runner struct {
-	pool       sync.Pool // of *progress
 	h          Handler
 	o          *options
 	progress   time.Duration
@@ -337,7 +348,7 @@ type runner struct {
 }
 
 // progress tells the server that a message is still being handled, every
-// third of the ack wait. Reused through runner.pool.
+// third of the ack wait. One per worker, reused for each message.
 type progress struct {
 	mu    sync.Mutex
 	msg   jetstream.Msg // nil while idle
@@ -345,10 +356,7 @@ type progress struct {
 	every time.Duration
 }
 
-func (r *runner) getProgress() *progress {
-	if p, ok := r.pool.Get().(*progress); ok {
-		return p
-	}
+func (r *runner) newProgress() *progress {
 	p := &progress{every: r.progress}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -381,7 +389,7 @@ func (p *progress) done() {
 }
 
 // handle runs the handler for one message and settles the message.
-func (r *runner) handle(msg jetstream.Msg) {
+func (r *runner) handle(msg jetstream.Msg, p *progress) {
 	ev, err := Decode(msg.Data())
 	if err != nil {
 		_ = msg.Term()
@@ -394,11 +402,9 @@ func (r *runner) handle(msg jetstream.Msg) {
 			ctx = context.WithValue(ctx, traceKey{}, trace{parent: tp, state: h.Get(HeaderTracestate)})
 		}
 	}
-	p := r.getProgress()
 	p.start(msg)
 	err = r.call(ctx, ev)
 	p.done()
-	r.pool.Put(p)
 	if err == nil {
 		_ = msg.Ack()
 		return
