@@ -47,14 +47,15 @@ func BenchmarkConsume(b *testing.B) {
 			// The machine may be shared: pairs alternate which side runs
 			// first, and the medians are reported, so a burst of someone
 			// else's load skews one pair, not the figure.
-			var libRates, handRates, ratios []float64
+			var libRates, handRates, ratios, boundRatios []float64
 			round := 0
 			for b.Loop() {
 				for range 3 {
 					round++
-					var l, h float64
+					var l, h, hb float64
 					hand := func() {
-						h = handWritten(b, natstest.JetStreamAt(b, ns.URL()), fmt.Sprintf("hand%d", round), n)
+						h = handWritten(b, natstest.JetStreamAt(b, ns.URL()), fmt.Sprintf("hand%d", round), n, 0)
+						hb = handWritten(b, natstest.JetStreamAt(b, ns.URL()), fmt.Sprintf("bound%d", round), n, conc)
 					}
 					lib := func() {
 						l = viaConsume(b, natstest.JetStreamAt(b, ns.URL()), fmt.Sprintf("lib%d", round), n, conc)
@@ -67,11 +68,15 @@ func BenchmarkConsume(b *testing.B) {
 						hand()
 					}
 					libRates, handRates, ratios = append(libRates, l), append(handRates, h), append(ratios, l/h)
+					boundRatios = append(boundRatios, l/hb)
 				}
 			}
 			b.ReportMetric(median(libRates), "outcomes/s")
 			b.ReportMetric(median(handRates), "hand-outcomes/s")
 			b.ReportMetric(median(ratios), "ratio")
+			// Against a hand-written loop that also holds at most conc
+			// messages (PullMaxMessages(conc)): the library's own cost.
+			b.ReportMetric(median(boundRatios), "ratio-same-bound")
 		})
 	}
 }
@@ -105,8 +110,9 @@ func viaConsume(b *testing.B, js jetstream.JetStream, durable string, n, conc in
 }
 
 // handWritten is what a service writes by hand: the library's Consume with
-// explicit acks, decoding each event.
-func handWritten(b *testing.B, js jetstream.JetStream, durable string, n int) float64 {
+// explicit acks, decoding each event; maxMessages > 0 sets PullMaxMessages
+// (else the library's default, 500).
+func handWritten(b *testing.B, js jetstream.JetStream, durable string, n, maxMessages int) float64 {
 	ctx := context.Background()
 	cons, err := js.CreateOrUpdateConsumer(ctx, outcome.StreamResults, jetstream.ConsumerConfig{
 		Durable: durable, FilterSubjects: []string{outcome.ResultsAll(outcome.DefaultPrefix)}, AckPolicy: jetstream.AckExplicitPolicy,
@@ -117,6 +123,10 @@ func handWritten(b *testing.B, js jetstream.JetStream, durable string, n int) fl
 	finished := make(chan time.Duration, 1)
 	var got int
 	start := time.Now()
+	var opts []jetstream.PullConsumeOpt
+	if maxMessages > 0 {
+		opts = append(opts, jetstream.PullMaxMessages(maxMessages))
+	}
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		// The attributes a handler works with, as a service would decode them.
 		var ev struct {
@@ -136,7 +146,7 @@ func handWritten(b *testing.B, js jetstream.JetStream, durable string, n int) fl
 		if got++; got == n {
 			finished <- time.Since(start)
 		}
-	})
+	}, opts...)
 	if err != nil {
 		b.Fatal(err)
 	}
