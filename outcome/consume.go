@@ -234,10 +234,10 @@ func Consume(ctx context.Context, js jetstream.JetStream, durable string, h Hand
 	// idle counts the workers with nothing to do. The fetcher asks the server
 	// for exactly that many messages and subtracts them, so this process never
 	// holds more messages than WithConcurrency. Like the library's own
-	// Consume, it asks again when half the workers are idle (or when no
+	// Consume, it asks again when a quarter of the workers are idle (or when no
 	// request is outstanding), so requests carry batches, not single messages,
 	// and workers wake the fetcher only then.
-	threshold := int64(max(1, o.concurrency/2))
+	threshold := int64(max(1, o.concurrency/4))
 	var idle, outstanding atomic.Int64
 	idle.Store(int64(o.concurrency))
 	wake := make(chan struct{}, 1)
