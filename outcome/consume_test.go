@@ -521,3 +521,47 @@ func TestConsumeRecreatesDeletedConsumer(t *testing.T) {
 		t.Errorf("calls = %v", c.calls)
 	}
 }
+
+func TestConsumeSurvivesServerRestart(t *testing.T) {
+	ns := natstest.Start(t)
+	js := ns.JetStream()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// A file-stored stream, so it outlives the restart.
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: outcome.StreamResults, Subjects: []string{outcome.ResultsAll(outcome.DefaultPrefix)}}); err != nil {
+		t.Fatal(err)
+	}
+	before := publishN(t, js, 0, 5)
+	var c counter
+	stop := consumer(t, js, "kyc", func(ctx context.Context, ev *outcome.Event) error {
+		c.add(ev.SessionID)
+		return nil
+	}, outcome.WithConcurrency(2))
+	waitSettled(t, js, "kyc")
+	ns.Restart()
+	var after []string
+	natstest.WaitFor(t, 20*time.Second, func() error {
+		// The client reconnects by itself; publish once it has.
+		if after == nil {
+			pctx, pcancel := context.WithTimeout(context.Background(), time.Second)
+			defer pcancel()
+			ev := outcometest.Passed("default", sessionID(50))
+			if err := outcometest.Publish(pctx, js, ev); err != nil {
+				return err
+			}
+			after = []string{ev.SessionID}
+		}
+		if c.get(after[0]) == 0 {
+			return errors.New("outcome published after the restart not handled yet")
+		}
+		return nil
+	})
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range append(before, after...) {
+		if c.get(id) != 1 {
+			t.Errorf("session %s handled %d times, want 1", id, c.get(id))
+		}
+	}
+}
