@@ -382,12 +382,14 @@ func TestConsumeKeepsSlowHandlerAlive(t *testing.T) {
 	var c counter
 	stop := consumer(t, js, "slow", func(ctx context.Context, ev *outcome.Event) error {
 		c.add(ev.SessionID)
-		select { // slow work: three times the ack wait
-		case <-time.After(3 * time.Second):
+		select { // slow work: two and a half times the ack wait
+		case <-time.After(5 * time.Second):
 		case <-ctx.Done():
 		}
 		return nil
-	}, outcome.WithAckWait(time.Second), outcome.WithConcurrency(2))
+		// Progress goes every third of the ack wait: a loaded machine may
+		// delay a timer by a second without a redelivery.
+	}, outcome.WithAckWait(2*time.Second), outcome.WithConcurrency(2))
 	in := waitSettled(t, js, "slow")
 	if err := stop(); err != nil {
 		t.Fatal(err)

@@ -207,3 +207,14 @@ func TestSubjects(t *testing.T) {
 		}
 	}
 }
+
+func TestExponentialBackoff(t *testing.T) {
+	f := outcome.ExponentialBackoff(time.Second, 10*time.Second)
+	for attempt, base := range map[int]time.Duration{1: time.Second, 2: 2 * time.Second, 4: 8 * time.Second, 5: 10 * time.Second, 50: 10 * time.Second} {
+		for range 100 {
+			if d := f(attempt); d < base-base/5 || d > base+base/5 {
+				t.Fatalf("ExponentialBackoff(1s, 10s)(%d) = %v, want %v ± 20%%", attempt, d, base)
+			}
+		}
+	}
+}
