@@ -380,6 +380,8 @@ func TestConsumeKeepsSlowHandlerAlive(t *testing.T) {
 	js := setup(t)
 	id := publishN(t, js, 0, 1)[0]
 	var c counter
+	// Progress goes every third of the ack wait, so a loaded machine may
+	// delay a timer by more than a second without causing a redelivery.
 	stop := consumer(t, js, "slow", func(ctx context.Context, ev *outcome.Event) error {
 		c.add(ev.SessionID)
 		select { // slow work: two and a half times the ack wait
@@ -387,8 +389,6 @@ func TestConsumeKeepsSlowHandlerAlive(t *testing.T) {
 		case <-ctx.Done():
 		}
 		return nil
-		// Progress goes every third of the ack wait: a loaded machine may
-		// delay a timer by a second without a redelivery.
 	}, outcome.WithAckWait(2*time.Second), outcome.WithConcurrency(2))
 	in := waitSettled(t, js, "slow")
 	if err := stop(); err != nil {
