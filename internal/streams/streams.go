@@ -13,13 +13,15 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/realeyes/verifeye-bridge/outcome"
 )
 
 // Stream names of the contract.
 const (
-	Webhooks = "VERIFEYE_WEBHOOKS"
-	Results  = "VERIFEYE_RESULTS"
-	DLQ      = "VERIFEYE_DLQ"
+	Webhooks = outcome.StreamWebhooks
+	Results  = outcome.StreamResults
+	DLQ      = outcome.StreamDLQ
 	// Spool is the ingest's local store-and-forward stream (under
 	// DATA_DIR/spool, never on the cluster). A PubAck from it means the
 	// webhook was spooled, not yet on Webhooks.
@@ -28,31 +30,31 @@ const (
 
 // Header names of the contract.
 const (
-	HeaderMsgID       = jetstream.MsgIDHeader // Nats-Msg-Id
-	HeaderReceivedAt  = "Verifeye-Received-At"
-	HeaderError       = "Verifeye-Error"
-	HeaderErrorDetail = "Verifeye-Error-Detail"
-	HeaderLastStatus  = "Verifeye-Last-Status"
-	HeaderAttempts    = "Verifeye-Attempts"
-	HeaderOrigSubject = "Verifeye-Original-Subject"
-	HeaderOrigSeq     = "Verifeye-Original-Sequence"
+	HeaderMsgID       = outcome.HeaderMsgID // Nats-Msg-Id
+	HeaderReceivedAt  = outcome.HeaderReceivedAt
+	HeaderError       = outcome.HeaderError
+	HeaderErrorDetail = outcome.HeaderErrorDetail
+	HeaderLastStatus  = outcome.HeaderLastStatus
+	HeaderAttempts    = outcome.HeaderAttempts
+	HeaderOrigSubject = outcome.HeaderOrigSubject
+	HeaderOrigSeq     = outcome.HeaderOrigSeq
 	// HeaderReplay marks a webhook re-published by `verifeye-bridge replay`: its
 	// value (the original's stream sequence) makes the outcome a new event,
 	// with the ID ReplayOutcomeID, instead of a duplicate of the first one.
-	HeaderReplay = "Verifeye-Replay"
+	HeaderReplay = outcome.HeaderReplay
 	// HeaderSpooledAt is added to a webhook forwarded from the local spool: when
 	// it was spooled (RFC 3339).
-	HeaderSpooledAt   = "Verifeye-Spooled-At"
-	HeaderContentType = "Content-Type"
-	HeaderTraceparent = "traceparent"
-	HeaderTracestate  = "tracestate"
+	HeaderSpooledAt   = outcome.HeaderSpooledAt
+	HeaderContentType = outcome.HeaderContentType
+	HeaderTraceparent = outcome.HeaderTraceparent
+	HeaderTracestate  = outcome.HeaderTracestate
 )
 
 // EventCompleted is the one webhook event the enricher enriches.
-const EventCompleted = "VerificationCompleted"
+const EventCompleted = outcome.EventCompleted
 
 // DefaultSource is the source of webhooks posted to the URL without a source segment.
-const DefaultSource = "default"
+const DefaultSource = outcome.DefaultSource
 
 // MaxWebhookBytes is the largest webhook body accepted, and the stream's MaxMsgSize
 // leaves room for it plus headers.
@@ -159,27 +161,27 @@ func (s Subjects) Prefix() string { return s.prefix }
 
 // Webhook returns <prefix>.webhook.<source>.<event>.
 func (s Subjects) Webhook(source, event string) string {
-	return s.prefix + ".webhook." + source + "." + event
+	return outcome.WebhookSubject(s.prefix, source, event)
 }
 
 // Result returns <prefix>.result.<source>.<outcome>.
-func (s Subjects) Result(source, outcome string) string {
-	return s.prefix + ".result." + source + "." + outcome
+func (s Subjects) Result(source, result string) string {
+	return outcome.ResultSubject(s.prefix, source, result)
 }
 
 // DLQ returns <prefix>.dlq.<source>.<event>.
 func (s Subjects) DLQ(source, event string) string {
-	return s.prefix + ".dlq." + source + "." + event
+	return outcome.DLQSubject(s.prefix, source, event)
 }
 
 // WebhooksAll is the wildcard subject of the webhooks stream.
-func (s Subjects) WebhooksAll() string { return s.prefix + ".webhook.>" }
+func (s Subjects) WebhooksAll() string { return outcome.WebhooksAll(s.prefix) }
 
 // ResultsAll is the wildcard subject of the results stream.
-func (s Subjects) ResultsAll() string { return s.prefix + ".result.>" }
+func (s Subjects) ResultsAll() string { return outcome.ResultsAll(s.prefix) }
 
 // DLQAll is the wildcard subject of the dead-letter stream.
-func (s Subjects) DLQAll() string { return s.prefix + ".dlq.>" }
+func (s Subjects) DLQAll() string { return outcome.DLQAll(s.prefix) }
 
 // CompletedFilter is the enricher's filter: every source, VerificationCompleted only.
 func (s Subjects) CompletedFilter() string { return s.prefix + ".webhook.*." + EventCompleted }

@@ -1,0 +1,167 @@
+package outcome_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/realeyes/verifeye-bridge/internal/natstest"
+	"github.com/realeyes/verifeye-bridge/outcome"
+	"github.com/realeyes/verifeye-bridge/outcome/outcometest"
+)
+
+// BenchmarkConsume measures outcomes per second through Consume with a no-op
+// handler, against a hand-written jetstream Consume loop that decodes the
+// event and acks each message, both on the same stream in the same run. It
+// reports both rates and their ratio (target ≥ 0.9).
+func BenchmarkConsume(b *testing.B) {
+	const n = 10_000
+	for _, conc := range []int{64, 256} {
+		b.Run(fmt.Sprintf("concurrency=%d", conc), func(b *testing.B) {
+			ns := natstest.Start(b)
+			js := ns.JetStream()
+			ctx := context.Background()
+			if err := outcometest.CreateStream(ctx, js, ""); err != nil {
+				b.Fatal(err)
+			}
+			for i := range n {
+				m, err := outcometest.Msg("", outcometest.Passed("default", sessionID(i)))
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := js.PublishMsgAsync(m); err != nil {
+					b.Fatal(err)
+				}
+			}
+			select {
+			case <-js.PublishAsyncComplete():
+			case <-time.After(30 * time.Second):
+				b.Fatal("publish timed out")
+			}
+			// The machine may be shared: pairs alternate which side runs
+			// first, and the medians are reported, so a burst of someone
+			// else's load skews one pair, not the figure.
+			var libRates, handRates, ratios, boundRatios []float64
+			round := 0
+			for b.Loop() {
+				for range 3 {
+					round++
+					var l, h, hb float64
+					hand := func() {
+						h = handWritten(b, natstest.JetStreamAt(b, ns.URL()), fmt.Sprintf("hand%d", round), n, 0)
+						hb = handWritten(b, natstest.JetStreamAt(b, ns.URL()), fmt.Sprintf("bound%d", round), n, conc)
+					}
+					lib := func() {
+						l = viaConsume(b, natstest.JetStreamAt(b, ns.URL()), fmt.Sprintf("lib%d", round), n, conc)
+					}
+					if round%2 == 0 {
+						hand()
+						lib()
+					} else {
+						lib()
+						hand()
+					}
+					libRates, handRates, ratios = append(libRates, l), append(handRates, h), append(ratios, l/h)
+					boundRatios = append(boundRatios, l/hb)
+				}
+			}
+			b.ReportMetric(median(libRates), "outcomes/s")
+			b.ReportMetric(median(handRates), "hand-outcomes/s")
+			b.ReportMetric(median(ratios), "ratio")
+			// Against a hand-written loop that also holds at most conc
+			// messages (PullMaxMessages(conc)): the library's own cost.
+			b.ReportMetric(median(boundRatios), "ratio-same-bound")
+		})
+	}
+}
+
+// viaConsume returns the rate at which Consume handles n outcomes.
+func viaConsume(b *testing.B, js jetstream.JetStream, durable string, n, conc int) float64 {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var got atomic.Int64
+	done := make(chan error, 1)
+	start := time.Now()
+	var elapsed time.Duration
+	go func() {
+		done <- outcome.Consume(ctx, js, durable, func(context.Context, *outcome.Event) error {
+			if got.Add(1) == int64(n) {
+				elapsed = time.Since(start)
+				cancel()
+			}
+			return nil
+		}, outcome.WithConcurrency(conc))
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			b.Fatal(err)
+		}
+	case <-time.After(5 * time.Minute):
+		b.Fatal("Consume did not finish")
+	}
+	return float64(n) / elapsed.Seconds()
+}
+
+// handWritten is what a service writes by hand: the library's Consume with
+// explicit acks, decoding each event; maxMessages > 0 sets PullMaxMessages
+// (else the library's default, 500).
+func handWritten(b *testing.B, js jetstream.JetStream, durable string, n, maxMessages int) float64 {
+	ctx := context.Background()
+	cons, err := js.CreateOrUpdateConsumer(ctx, outcome.StreamResults, jetstream.ConsumerConfig{
+		Durable: durable, FilterSubjects: []string{outcome.ResultsAll(outcome.DefaultPrefix)}, AckPolicy: jetstream.AckExplicitPolicy,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	finished := make(chan time.Duration, 1)
+	var got int
+	start := time.Now()
+	var opts []jetstream.PullConsumeOpt
+	if maxMessages > 0 {
+		opts = append(opts, jetstream.PullMaxMessages(maxMessages))
+	}
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		// The attributes a handler works with, as a service would decode them.
+		var ev struct {
+			ID      string          `json:"id"`
+			Type    string          `json:"type"`
+			Source  string          `json:"source"`
+			Subject string          `json:"subject"`
+			Time    time.Time       `json:"time"`
+			Outcome string          `json:"verifeyeoutcome"`
+			Data    json.RawMessage `json:"data"`
+		}
+		if err := json.Unmarshal(m.Data(), &ev); err != nil {
+			_ = m.Term()
+			return
+		}
+		_ = m.Ack()
+		if got++; got == n {
+			finished <- time.Since(start)
+		}
+	}, opts...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cc.Stop()
+	select {
+	case d := <-finished:
+		return float64(n) / d.Seconds()
+	case <-time.After(5 * time.Minute):
+		b.Fatal("hand-written loop did not finish")
+	}
+	return 0
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
