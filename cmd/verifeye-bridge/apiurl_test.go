@@ -61,7 +61,7 @@ func TestAPIURLInsecureWarns(t *testing.T) {
 	} {
 		t.Setenv(k, v)
 	}
-	var logs lockedBuffer
+	var logs ingestLog
 	startServe(t, serviceConfig{name: "enrich", api: &apiConfig{}, enrich: &enrichConfig{}}, serviceDeps{}, true, zerolog.New(&logs))
 	if got := strings.Count(logs.String(), "VERIFEYE_API_INSECURE=true"); got != 1 {
 		t.Errorf("start logs hold %d lines about VERIFEYE_API_INSECURE; want 1:\n%s", got, logs.String())

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -35,28 +33,10 @@ func embeddedURL(t *testing.T, dataDir string) string {
 	return u
 }
 
-// lockedBuffer is a log sink for a service running in another goroutine.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // startEmbeddedServe runs serve in-process with the embedded NATS server
 // listening on natsAddr and storing in dataDir, against a verifeyetest API.
 // It returns the bridge's base URL; the service stops when t ends.
-func startEmbeddedServe(t *testing.T, dataDir, natsAddr, key string, logs *lockedBuffer, set func(*embeddedConfig)) string {
+func startEmbeddedServe(t *testing.T, dataDir, natsAddr, key string, logs *ingestLog, set func(*embeddedConfig)) string {
 	t.Helper()
 	api := verifeyetest.Start(key)
 	t.Cleanup(api.Close)
@@ -86,7 +66,7 @@ func TestEmbeddedNATSRequiresCredentials(t *testing.T) {
 	t.Parallel()
 	dataDir, natsAddr, key := t.TempDir(), freeAddr(t), "embedded-auth-key"
 	var firstURL string
-	var logs lockedBuffer
+	var logs ingestLog
 
 	t.Run("first start", func(t *testing.T) {
 		base := startEmbeddedServe(t, dataDir, natsAddr, key, &logs, nil)
@@ -177,7 +157,7 @@ func TestEmbeddedNATSExplicitCredentials(t *testing.T) {
 	t.Parallel()
 	dataDir, natsAddr := t.TempDir(), freeAddr(t)
 	const user, password = "ops", "p@ss:w,rd/#?%é"
-	var logs lockedBuffer
+	var logs ingestLog
 	startEmbeddedServe(t, dataDir, natsAddr, "explicit-auth-key", &logs, func(c *embeddedConfig) {
 		c.EmbeddedUser, c.EmbeddedPass = user, secret(password)
 	})
