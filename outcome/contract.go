@@ -106,8 +106,7 @@ func DLQSubject(prefix, source, event string) string {
 // ExpectSubject returns <prefix>.expect.<source>.
 func ExpectSubject(prefix, source string) string { return prefix + ".expect." + source }
 
-// WebhooksAll, ResultsAll, DLQAll and ExpectAll return the wildcard subject of
-// each stream under prefix.
+// WebhooksAll returns <prefix>.webhook.>, the subjects of StreamWebhooks.
 func WebhooksAll(prefix string) string { return prefix + ".webhook.>" }
 
 // ResultsAll returns <prefix>.result.>, the subjects of StreamResults.
