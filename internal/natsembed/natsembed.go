@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/rs/zerolog"
+	"golang.org/x/crypto/bcrypt"
 )
 
 // Options configure an embedded server. The zero value listens on a random
@@ -121,7 +122,14 @@ func serverOptions(opts Options) (*server.Options, error) {
 		}
 	}
 	if opts.User != "" {
-		so.Users = []*server.User{{Username: opts.User, Password: opts.Password}}
+		// The server keeps only a bcrypt hash of the password, so a dump of its
+		// memory or options does not show it (and it does not warn about a
+		// plain-text password at every start).
+		hash, err := bcrypt.GenerateFromPassword([]byte(opts.Password), bcrypt.DefaultCost)
+		if err != nil {
+			return nil, fmt.Errorf("natsembed: hash the password: %w", err)
+		}
+		so.Users = []*server.User{{Username: opts.User, Password: string(hash)}}
 	}
 	if opts.Cluster != nil {
 		so.Cluster = *opts.Cluster
