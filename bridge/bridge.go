@@ -295,6 +295,10 @@ func (h *handler) ingest(ctx context.Context, r *http.Request, source string, w 
 	if err != nil {
 		if why := storageRefusal(err); why != "" {
 			h.setRefusing(why)
+		} else if errors.Is(h.probe(ctx), streams.ErrNoRoom) {
+			// No answer at all, as when the disk under the server is full:
+			// the probe tells whether storage is what failed.
+			h.setRefusing(refusedNoRoom)
 		}
 		// Never a 2xx and never a 429: VerifEye retries once, and a 503 keeps
 		// that retry useful.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -17,6 +18,7 @@ const (
 	refusedStreamFull = "stream full"
 	refusedStore      = "store failed"
 	refusedResources  = "insufficient storage resources"
+	refusedNoRoom     = "no answer, and storage has no room"
 )
 
 // JetStream API error codes (nats-server's jetstream_errors_generated.go) that
@@ -64,10 +66,27 @@ func (h *handler) setRefusing(why string) {
 	}
 }
 
+// probe runs Options.Probe with a second of its own (ctx may be spent); nil
+// without a probe.
+func (h *handler) probe(ctx context.Context) error {
+	if h.opts.Probe == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	return h.opts.Probe(ctx)
+}
+
 func (h *handler) storageReady(ctx context.Context) error {
 	why := h.refusing.Load()
 	if why == nil {
 		return nil
+	}
+	if *why == refusedNoRoom {
+		// A write the server never answered, with the disk full: nats-server
+		// keeps that stream failed until it restarts, so room alone does not
+		// end this; a webhook stored again (after a restart) does.
+		return fmt.Errorf("JetStream refuses to store webhooks: %s; free disk space and restart", *why)
 	}
 	if h.opts.Probe != nil {
 		if err := h.opts.Probe(ctx); err == nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/realeyes/verifeye-bridge/internal/natsembed"
+	"github.com/realeyes/verifeye-bridge/internal/streams"
 )
 
 // clientOptions returns the options every connection of the bridge shares. The
@@ -228,4 +229,30 @@ func (c *connection) close(ctx context.Context) {
 	if c.ns != nil {
 		natsembed.Shutdown(c.ns)
 	}
+}
+
+// embeddedHasRoom reports, for the embedded server, whether it can store a
+// webhook again: its JetStream store has room under the limit it took at start,
+// and the disk under DATA_DIR has room (nats-server refuses with "insufficient
+// resources", or fails a write, when either is exhausted; neither shows in the
+// stream's or the account's limits). It returns nil with an external NATS.
+func (c *connection) embeddedHasRoom() error {
+	if c.ns == nil {
+		return nil
+	}
+	const need = streams.MaxWebhookBytes + streams.MaxWebhookHeaderBytes
+	info, err := c.ns.Jsz(nil)
+	if err != nil {
+		return fmt.Errorf("embedded NATS: %w", err)
+	}
+	if info.Disabled {
+		return fmt.Errorf("%w: the embedded JetStream is disabled (storage failed)", streams.ErrNoRoom)
+	}
+	if max := info.Config.MaxStore; max > 0 && int64(info.Store)+need > max {
+		return fmt.Errorf("%w: the embedded JetStream storage is full (%d of %d bytes)", streams.ErrNoRoom, info.Store, max)
+	}
+	if free, ok := diskFree(info.Config.StoreDir); ok && free < 4*need {
+		return fmt.Errorf("%w: the disk under DATA_DIR has %d bytes free", streams.ErrNoRoom, free)
+	}
+	return nil
 }

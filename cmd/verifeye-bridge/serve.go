@@ -330,7 +330,12 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 			Registerer:     reg,
 			Tracing:        tr,
 			TrustedProxies: cfg.ingest.trustedProxies(),
-			Probe:          func(ctx context.Context) error { return streams.HasRoom(ctx, js) },
+			Probe: func(ctx context.Context) error {
+				if err := streams.HasRoom(ctx, js); err != nil {
+					return err
+				}
+				return conn.embeddedHasRoom()
+			},
 		}
 		opts.Auth, err = webhookAuth(*cfg.ingest, *cfg.api)
 		if err != nil {

@@ -386,11 +386,15 @@ func Ready(ctx context.Context, nc *nats.Conn, js jetstream.JetStream) error {
 	return nil
 }
 
+// ErrNoRoom is wrapped by the errors that say storage has no room for another
+// webhook (as opposed to NATS being unreachable).
+var ErrNoRoom = errors.New("streams: no room to store webhooks")
+
 // HasRoom reports whether the webhooks stream can take one more webhook of the
 // largest size (or, in a stream smaller than twice that, has half its bytes
-// free) and the account is that far under its storage limit. It is the probe that ends a storage refusal of the ingest;
-// it writes nothing, so a refusal it cannot see (a failing disk) ends only
-// with a webhook stored again. It is safe for concurrent use.
+// free) and the account is that far under its storage limit; the errors that
+// say there is no room wrap ErrNoRoom. It is the probe that ends a storage
+// refusal of the ingest; it writes nothing. It is safe for concurrent use.
 func HasRoom(ctx context.Context, js jetstream.JetStream) error {
 	st, err := js.Stream(ctx, Webhooks)
 	if err != nil {
@@ -399,14 +403,14 @@ func HasRoom(ctx context.Context, js jetstream.JetStream) error {
 	info := st.CachedInfo()
 	need := int64(MaxWebhookBytes + MaxWebhookHeaderBytes)
 	if max := info.Config.MaxBytes; max > 0 && int64(info.State.Bytes)+min(need, max/2) > max {
-		return fmt.Errorf("streams: stream %s is full (%d of %d bytes)", Webhooks, info.State.Bytes, max)
+		return fmt.Errorf("%w: stream %s is full (%d of %d bytes)", ErrNoRoom, Webhooks, info.State.Bytes, max)
 	}
 	acc, err := js.AccountInfo(ctx)
 	if err != nil {
 		return fmt.Errorf("streams: account info: %w", err)
 	}
 	if max := acc.Limits.MaxStore; max > 0 && int64(acc.Store)+need > max {
-		return fmt.Errorf("streams: account storage is full (%d of %d bytes)", acc.Store, max)
+		return fmt.Errorf("%w: account storage is full (%d of %d bytes)", ErrNoRoom, acc.Store, max)
 	}
 	return nil
 }
