@@ -191,10 +191,10 @@ func (s *startedWriter) waitStarted(t *testing.T, done <-chan struct{}, logs fun
 // webhook posted with send comes out of watch as the session's outcome.
 func TestCLIDevSendWatch(t *testing.T) {
 	t.Parallel()
-	httpAddr, natsAddr := freeAddr(t), freeAddr(t)
+	// Both listeners take a free port: the banner says which.
 	// VERIFEYE_API_URL points nowhere: dev must ignore it and use its simulator.
 	dataDir := t.TempDir()
-	env := userEnv("HTTP_ADDR="+httpAddr, "NATS_EMBEDDED_ADDR="+natsAddr, "DATA_DIR="+dataDir, "VERIFEYE_API_URL=http://127.0.0.1:1")
+	env := userEnv(anyPort, "NATS_EMBEDDED_ADDR=127.0.0.1:0", "DATA_DIR="+dataDir, "VERIFEYE_API_URL=http://127.0.0.1:1")
 	dev := exec.Command(binary(t), "dev")
 	dev.Env, dev.Dir = env, t.TempDir()
 	var stderr bytes.Buffer
@@ -243,6 +243,14 @@ func TestCLIDevSendWatch(t *testing.T) {
 		t.Fatalf("dev banner has no generated API key:\n%s", text)
 	}
 	key := m[1]
+	m = regexp.MustCompile(`webhook URL\s+http://(127\.0\.0\.1:[1-9][0-9]*)/webhooks/verifeye\s`).FindStringSubmatch(text)
+	if m == nil {
+		t.Fatalf("dev banner has no webhook URL on the port HTTP_ADDR=127.0.0.1:0 got:\n%s", text)
+	}
+	httpAddr := m[1]
+	// The banner's NATS address is the one the server listens on, as in
+	// nats.url (never port 0).
+	natsAddr := embeddedAddr(t, dataDir)
 	for _, want := range []string{
 		"http://" + httpAddr + "/webhooks/verifeye",
 		"nats://" + natsAddr,

@@ -203,7 +203,7 @@ func TestSpoolOutage(t *testing.T) {
 	if d, err := time.ParseDuration(os.Getenv("SPOOL_TEST_OUTAGE")); err == nil {
 		outage = d
 	}
-	const rate = 20                                     // webhooks per second per ingest
+	const rate = 20 // webhooks per second per ingest
 	// LOG_LEVEL=info, not warn: ingestStart reads the "verifeye-bridge
 	// started" line (info) for the address.
 	log := ingestWatchLogs(t, "spooling until it does")
