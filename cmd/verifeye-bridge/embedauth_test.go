@@ -103,6 +103,10 @@ func TestEmbeddedNATSRequiresCredentials(t *testing.T) {
 	t.Run("first start", func(t *testing.T) {
 		base := startEmbeddedServe(t, dataDir, "127.0.0.1:0", key, &logs, nil)
 		natsAddr := embeddedAddr(t, dataDir)
+		// The start line names the port the server got, not port 0.
+		if want := `"listen":"` + natsAddr + `"`; !strings.Contains(logs.String(), want) {
+			t.Errorf("the log lacks %s; logs:\n%s", want, logs.String())
+		}
 
 		for _, u := range []string{"nats://" + natsAddr, "nats://bridge-x:wrong@" + natsAddr} {
 			nc, err := nats.Connect(u, nats.Timeout(5*time.Second))
