@@ -536,6 +536,7 @@ func TestImageHealthcheck(t *testing.T) {
 	unreadySrv := httptest.NewServer(unready)
 	defer unreadySrv.Close()
 	_, readyPort, _ := net.SplitHostPort(readySrv.Listener.Addr().String())
+	// A closed port: nothing must listen there.
 	nothing := "127.0.0.1:" + strconv.Itoa(natstest.FreePort(t))
 
 	for _, tc := range []struct {
@@ -574,10 +575,10 @@ func TestImageHealthcheck(t *testing.T) {
 // and stops it with SIGTERM.
 func TestImageSimulator(t *testing.T) {
 	bin := buildImageBinary(t)
-	addr := "127.0.0.1:" + strconv.Itoa(natstest.FreePort(t))
+	// Port 0: the simulator's start line (a warning) says which port it got.
 	cmd := exec.Command(bin, "simulator")
-	cmd.Env = []string{"HTTP_ADDR=" + addr, "VERIFEYE_API_KEY=sim-key", "LOG_LEVEL=warn"}
-	var logs bytes.Buffer
+	cmd.Env = []string{"HTTP_ADDR=127.0.0.1:0", "VERIFEYE_API_KEY=sim-key", "LOG_LEVEL=warn"}
+	var logs lockedBuffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -591,6 +592,20 @@ func TestImageSimulator(t *testing.T) {
 		}
 	}()
 
+	var addr string
+	natstest.WaitFor(t, 15*time.Second, func() error {
+		for _, l := range strings.Split(logs.String(), "\n") {
+			var line struct {
+				Message  string `json:"message"`
+				HTTPAddr string `json:"http_addr"`
+			}
+			if json.Unmarshal([]byte(l), &line) == nil && strings.HasPrefix(line.Message, "VerifEye SIMULATOR started") && line.HTTPAddr != "" {
+				addr = line.HTTPAddr
+				return nil
+			}
+		}
+		return fmt.Errorf("no start line with http_addr yet; logs:\n%s", logs.String())
+	})
 	natstest.WaitFor(t, 15*time.Second, func() error {
 		if code, _, stderr := runBin(t, bin, []string{"HTTP_ADDR=" + addr}, "healthcheck"); code != 0 {
 			return fmt.Errorf("healthcheck: exit %d: %s", code, stderr)
@@ -630,4 +645,22 @@ func TestImageSimulator(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatalf("simulator did not stop within 15s of SIGTERM\n%s", logs.String())
 	}
+}
+
+// lockedBuffer collects a process's output while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -118,18 +119,82 @@ func checkNoCrash(t *testing.T, args []string, stderr string) {
 	}
 }
 
+// freeAddr returns a loopback address nothing listens on, as far as a test
+// can tell: for a peer that must be down (NATS_URL of a NATS that is not
+// running, a URL nobody serves). A process the test starts binds
+// 127.0.0.1:0 instead and reports its address (startedWriter, nats.url).
 func freeAddr(t *testing.T) string {
 	return "127.0.0.1:" + strconv.Itoa(natstest.FreePort(t))
+}
+
+// anyPort is the HTTP_ADDR of a process a test starts: a port the kernel
+// picks, which the process reports in its "verifeye-bridge started" line.
+const anyPort = "HTTP_ADDR=127.0.0.1:0"
+
+// startedWriter passes a process's output on to w and sends the http_addr of
+// its first JSON "verifeye-bridge started" line on addr: the address its
+// listener really got, with HTTP_ADDR=127.0.0.1:0.
+type startedWriter struct {
+	w    io.Writer
+	addr chan string // buffered: one address
+	mu   sync.Mutex
+	line []byte // the unfinished line
+	sent bool
+}
+
+func newStartedWriter(w io.Writer) *startedWriter {
+	return &startedWriter{w: w, addr: make(chan string, 1)}
+}
+
+func (s *startedWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	if !s.sent {
+		s.line = append(s.line, p...)
+		for !s.sent {
+			i := bytes.IndexByte(s.line, '\n')
+			if i < 0 {
+				break
+			}
+			var l struct {
+				Message  string `json:"message"`
+				HTTPAddr string `json:"http_addr"`
+			}
+			if json.Unmarshal(s.line[:i], &l) == nil && l.Message == "verifeye-bridge started" && l.HTTPAddr != "" {
+				s.addr <- l.HTTPAddr
+				s.sent, s.line = true, nil
+				break
+			}
+			s.line = s.line[i+1:]
+		}
+	}
+	s.mu.Unlock()
+	return s.w.Write(p)
+}
+
+// waitStarted returns the address of the "verifeye-bridge started" line, or
+// fails t when the process exits first (done closed) or 30 s pass; logs
+// returns the output to show.
+func (s *startedWriter) waitStarted(t *testing.T, done <-chan struct{}, logs func() string) string {
+	t.Helper()
+	select {
+	case a := <-s.addr:
+		return a
+	case <-done:
+		t.Fatalf("verifeye-bridge exited before it logged \"verifeye-bridge started\"; logs:\n%s", logs())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("verifeye-bridge logged no \"verifeye-bridge started\" with http_addr within 30s; logs:\n%s", logs())
+	}
+	return ""
 }
 
 // TestCLIDevSendWatch: with nothing configured, dev runs the whole pipeline; a
 // webhook posted with send comes out of watch as the session's outcome.
 func TestCLIDevSendWatch(t *testing.T) {
 	t.Parallel()
-	httpAddr, natsAddr := freeAddr(t), freeAddr(t)
+	// Both listeners take a free port: the banner says which.
 	// VERIFEYE_API_URL points nowhere: dev must ignore it and use its simulator.
 	dataDir := t.TempDir()
-	env := userEnv("HTTP_ADDR="+httpAddr, "NATS_EMBEDDED_ADDR="+natsAddr, "DATA_DIR="+dataDir, "VERIFEYE_API_URL=http://127.0.0.1:1")
+	env := userEnv(anyPort, "NATS_EMBEDDED_ADDR=127.0.0.1:0", "DATA_DIR="+dataDir, "VERIFEYE_API_URL=http://127.0.0.1:1")
 	dev := exec.Command(binary(t), "dev")
 	dev.Env, dev.Dir = env, t.TempDir()
 	var stderr bytes.Buffer
@@ -178,6 +243,14 @@ func TestCLIDevSendWatch(t *testing.T) {
 		t.Fatalf("dev banner has no generated API key:\n%s", text)
 	}
 	key := m[1]
+	m = regexp.MustCompile(`webhook URL\s+http://(127\.0\.0\.1:[1-9][0-9]*)/webhooks/verifeye\s`).FindStringSubmatch(text)
+	if m == nil {
+		t.Fatalf("dev banner has no webhook URL on the port HTTP_ADDR=127.0.0.1:0 got:\n%s", text)
+	}
+	httpAddr := m[1]
+	// The banner's NATS address is the one the server listens on, as in
+	// nats.url (never port 0).
+	natsAddr := embeddedAddr(t, dataDir)
 	for _, want := range []string{
 		"http://" + httpAddr + "/webhooks/verifeye",
 		"nats://" + natsAddr,

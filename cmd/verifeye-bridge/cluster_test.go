@@ -57,8 +57,13 @@ func (n *clusterNode) shutdown() {
 func clusterStart(t *testing.T, size int) []*clusterNode {
 	t.Helper()
 	nodes := make([]*clusterNode, size)
-	// Every node routes to every other, so the route ports are fixed up front;
-	// the client ports are whatever each server binds.
+	// Every node routes to every other, so the route ports are fixed up front
+	// (natstest.FreePort, which may race another test for a port): a server
+	// with JetStream in a cluster refuses to start without configured routes
+	// ("JetStream cluster requires configured routes"), so even the first one
+	// must name a peer's route port before any peer has bound one, and a
+	// cluster port of 0 cannot be read back in time. The client ports are
+	// whatever each server binds.
 	var routes []string
 	routePorts := make([]int, size)
 	for i := range nodes {

@@ -30,10 +30,9 @@ func TestServeSurvivesKill(t *testing.T) {
 	// 4 workers at 100 ms enrich 40 webhooks/s, far fewer than the ingest
 	// accepts: at the kill some enrichments are in flight and more wait.
 	api.SetLatency(100 * time.Millisecond)
-	httpAddr, natsAddr, dataDir := freeAddr(t), freeAddr(t), t.TempDir()
+	dataDir := t.TempDir()
 	env := userEnv(
-		"HTTP_ADDR="+httpAddr,
-		"NATS_EMBEDDED_ADDR="+natsAddr,
+		"NATS_EMBEDDED_ADDR=127.0.0.1:0",
 		"DATA_DIR="+dataDir,
 		"VERIFEYE_API_URL="+api.URL,
 		"VERIFEYE_API_KEY="+ingestAPIKey,
@@ -43,7 +42,7 @@ func TestServeSurvivesKill(t *testing.T) {
 		"ENRICH_BACKOFF_BASE=10ms",
 		"ENRICH_BACKOFF_MAX=100ms",
 	)
-	p := ingestStart(t, log, httpAddr, env, "serve")
+	p := ingestStart(t, log, env, "serve")
 	key := map[string]string{"X-API-Key": ingestAPIKey}
 
 	var (
@@ -104,10 +103,11 @@ func TestServeSurvivesKill(t *testing.T) {
 		t.Fatalf("every accepted webhook was already enriched at the kill (%d outcomes): the test proves nothing", done)
 	}
 
-	// The same store, the same ports: what the first process accepted and did
-	// not finish is taken up again (by a faster API, to keep the test short).
+	// The same store, new ports: what the first process accepted and did not
+	// finish is taken up again (by a faster API, to keep the test short).
 	api.SetLatency(0)
-	p = ingestStart(t, log, httpAddr, env, "serve")
+	p = ingestStart(t, log, env, "serve")
+	js = natstest.JetStreamAt(t, embeddedURL(t, dataDir)) // this process's nats.url
 	// Wait for the accepted sessions themselves: webhooks stored while the
 	// kill cut their answer off are enriched too, so a count could be reached
 	// with an accepted one still waiting for its retry.

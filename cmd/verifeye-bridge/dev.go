@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -146,6 +147,13 @@ func devBanner(w io.Writer, cfg serviceConfig, addr, key string, generated bool)
 		natsURL = redactURLs(cfg.common.NATSURL)
 	case cfg.embedded.EmbeddedAddr != "-":
 		natsURL = "nats://" + loopbackAddr(cfg.embedded.EmbeddedAddr)
+		// nats.url holds the listener's real address: the port the
+		// server got when NATS_EMBEDDED_ADDR asks for port 0.
+		if s, _, err := readNATSURL(cfg.embedded.DataDir); err == nil {
+			if u, err := url.Parse(s); err == nil {
+				natsURL = "nats://" + u.Host
+			}
+		}
 	}
 
 	keyLine := key + "   (generated: the simulator's key, and the X-API-Key webhooks must send)"

@@ -33,6 +33,17 @@ func embeddedURL(t *testing.T, dataDir string) string {
 	return u
 }
 
+// embeddedAddr returns the host:port of the URL in dataDir/nats.url: where an
+// embedded server started with port 0 listens.
+func embeddedAddr(t *testing.T, dataDir string) string {
+	t.Helper()
+	u, err := url.Parse(embeddedURL(t, dataDir))
+	if err != nil {
+		t.Fatalf("nats.url: %v", err)
+	}
+	return u.Host
+}
+
 // startEmbeddedServe runs serve in-process with the embedded NATS server
 // listening on natsAddr and storing in dataDir, against a verifeyetest API.
 // It returns the bridge's base URL; the service stops when t ends.
@@ -64,12 +75,18 @@ func startEmbeddedServe(t *testing.T, dataDir, natsAddr, key string, logs *inges
 // credentials; the password never reaches the log.
 func TestEmbeddedNATSRequiresCredentials(t *testing.T) {
 	t.Parallel()
-	dataDir, natsAddr, key := t.TempDir(), freeAddr(t), "embedded-auth-key"
+	// The server takes a free port; nats.url says which.
+	dataDir, key := t.TempDir(), "embedded-auth-key"
 	var firstURL string
 	var logs ingestLog
 
 	t.Run("first start", func(t *testing.T) {
-		base := startEmbeddedServe(t, dataDir, natsAddr, key, &logs, nil)
+		base := startEmbeddedServe(t, dataDir, "127.0.0.1:0", key, &logs, nil)
+		natsAddr := embeddedAddr(t, dataDir)
+		// The start line names the port the server got, not port 0.
+		if want := `"listen":"` + natsAddr + `"`; !strings.Contains(logs.String(), want) {
+			t.Errorf("the log lacks %s; logs:\n%s", want, logs.String())
+		}
 
 		for _, u := range []string{"nats://" + natsAddr, "nats://bridge-x:wrong@" + natsAddr} {
 			nc, err := nats.Connect(u, nats.Timeout(5*time.Second))
@@ -99,8 +116,8 @@ func TestEmbeddedNATSRequiresCredentials(t *testing.T) {
 		}
 		firstURL = strings.TrimSuffix(string(raw), "\n")
 		u, err := url.Parse(firstURL)
-		if err != nil || strings.Count(string(raw), "\n") != 1 || u.Scheme != "nats" || u.Host != natsAddr {
-			t.Fatalf("nats.url = %q; want one line nats://user:password@%s", redactURLs(firstURL), natsAddr)
+		if err != nil || strings.Count(string(raw), "\n") != 1 || u.Scheme != "nats" || u.Hostname() != "127.0.0.1" || u.Port() == "0" {
+			t.Fatalf("nats.url = %q; want one line nats://user:password@127.0.0.1:<the port listened on>", redactURLs(firstURL))
 		}
 		password, _ := u.User.Password()
 		if u.User.Username() == "" || len(password) < 32 {
@@ -138,11 +155,18 @@ func TestEmbeddedNATSRequiresCredentials(t *testing.T) {
 	}
 
 	t.Run("restart", func(t *testing.T) {
-		startEmbeddedServe(t, dataDir, natsAddr, key, &logs, nil)
-		if got := embeddedURL(t, dataDir); got != firstURL {
-			t.Errorf("after a restart nats.url = %q; want the first start's %q", redactURLs(got), redactURLs(firstURL))
+		startEmbeddedServe(t, dataDir, "127.0.0.1:0", key, &logs, nil)
+		// A new port, the same credentials.
+		got, err := url.Parse(embeddedURL(t, dataDir))
+		if err != nil {
+			t.Fatal(err)
 		}
-		nc, err := nats.Connect(firstURL, nats.Timeout(5*time.Second))
+		first, _ := url.Parse(firstURL)
+		if got.User.String() != first.User.String() {
+			t.Errorf("after a restart nats.url = %q; want the first start's credentials, %q", redactURLs(got.String()), redactURLs(firstURL))
+		}
+		first.Host = got.Host
+		nc, err := nats.Connect(first.String(), nats.Timeout(5*time.Second))
 		if err != nil {
 			t.Fatalf("connect with the first start's credentials after a restart: %v", err)
 		}
@@ -155,12 +179,13 @@ func TestEmbeddedNATSRequiresCredentials(t *testing.T) {
 // whatever characters the password holds.
 func TestEmbeddedNATSExplicitCredentials(t *testing.T) {
 	t.Parallel()
-	dataDir, natsAddr := t.TempDir(), freeAddr(t)
+	dataDir := t.TempDir()
 	const user, password = "ops", "p@ss:w,rd/#?%é"
 	var logs ingestLog
-	startEmbeddedServe(t, dataDir, natsAddr, "explicit-auth-key", &logs, func(c *embeddedConfig) {
+	startEmbeddedServe(t, dataDir, "127.0.0.1:0", "explicit-auth-key", &logs, func(c *embeddedConfig) {
 		c.EmbeddedUser, c.EmbeddedPass = user, secret(password)
 	})
+	natsAddr := embeddedAddr(t, dataDir)
 	u := embeddedURL(t, dataDir)
 	nc, err := nats.Connect(u, nats.Timeout(5*time.Second))
 	if err != nil {
@@ -215,7 +240,7 @@ func TestEmbeddedListenAddress(t *testing.T) {
 
 	// From the outside: the program refuses to start, before it listens.
 	for _, args := range [][]string{{"serve"}, {"dev"}} {
-		r := runBin(t, userEnv("NATS_EMBEDDED_ADDR=:4222", "VERIFEYE_API_KEY=k", "DATA_DIR="+t.TempDir(), "HTTP_ADDR="+freeAddr(t)), args...)
+		r := runBin(t, userEnv("NATS_EMBEDDED_ADDR=:4222", "VERIFEYE_API_KEY=k", "DATA_DIR="+t.TempDir(), anyPort), args...)
 		if r.code != 2 || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, "NATS_EMBEDDED_ADDR") {
 			t.Errorf("%s with NATS_EMBEDDED_ADDR=:4222: exit %d, stderr %q; want 2 and one line naming NATS_EMBEDDED_ADDR", args[0], r.code, r.stderr)
 		}

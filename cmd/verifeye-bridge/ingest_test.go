@@ -94,22 +94,27 @@ func ingestSessionID(t testing.TB) string {
 // ingestProc is a running verifeye-bridge process.
 type ingestProc struct {
 	cmd      *exec.Cmd
-	base     string // http://HTTP_ADDR
+	addr     string // the HTTP listener's address
+	base     string // http://addr
 	done     chan struct{}
 	exitCode int
 }
 
-// ingestStart starts the binary with env, its output going to log, and kills
-// it when t ends if it is still running.
-func ingestStart(t *testing.T, log *ingestLog, httpAddr string, env []string, args ...string) *ingestProc {
+// ingestStart starts the binary with env and HTTP_ADDR=127.0.0.1:0, its output
+// going to log, learns its HTTP address from its "verifeye-bridge started"
+// line, waits until it is ready, and kills it when t ends if it is still
+// running. With the embedded server, DATA_DIR/nats.url is written before that
+// line: embeddedURL then reads this process's URL.
+func ingestStart(t *testing.T, log *ingestLog, env []string, args ...string) *ingestProc {
 	t.Helper()
 	cmd := exec.Command(binary(t), args...)
-	cmd.Env, cmd.Dir = env, t.TempDir()
-	cmd.Stdout, cmd.Stderr = log, log
+	cmd.Env, cmd.Dir = append(env[:len(env):len(env)], anyPort), t.TempDir()
+	started := newStartedWriter(log)
+	cmd.Stdout, cmd.Stderr = log, started
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start verifeye-bridge %v: %v", args, err)
 	}
-	p := &ingestProc{cmd: cmd, base: "http://" + httpAddr, done: make(chan struct{})}
+	p := &ingestProc{cmd: cmd, done: make(chan struct{})}
 	go func() {
 		err := cmd.Wait()
 		p.exitCode = cmd.ProcessState.ExitCode()
@@ -126,6 +131,8 @@ func ingestStart(t *testing.T, log *ingestLog, httpAddr string, env []string, ar
 			<-p.done
 		}
 	})
+	p.addr = started.waitStarted(t, p.done, log.String)
+	p.base = "http://" + p.addr
 	natstest.WaitFor(t, 30*time.Second, func() error {
 		select {
 		case <-p.done:
@@ -239,10 +246,9 @@ func TestServeSIGTERMLosesNoAcceptedWebhook(t *testing.T) {
 	log := ingestWatchLogs(t, `"message":"webhook"`, "verifeye-bridge started")
 	api := verifeyetest.Start(ingestAPIKey)
 	t.Cleanup(api.Close)
-	httpAddr, natsAddr, dataDir := freeAddr(t), freeAddr(t), t.TempDir()
-	p := ingestStart(t, log, httpAddr, userEnv(
-		"HTTP_ADDR="+httpAddr,
-		"NATS_EMBEDDED_ADDR="+natsAddr,
+	dataDir := t.TempDir()
+	p := ingestStart(t, log, userEnv(
+		"NATS_EMBEDDED_ADDR=127.0.0.1:0",
 		"DATA_DIR="+dataDir,
 		"VERIFEYE_API_URL="+api.URL,
 		"VERIFEYE_API_KEY="+ingestAPIKey,
@@ -288,13 +294,13 @@ func TestServeSIGTERMLosesNoAcceptedWebhook(t *testing.T) {
 	// A request in flight across the signal: headers and half the body now.
 	slow := ingestSessionID(t)
 	slowBody := `{"event":"VerificationCompleted","verificationSessionId":"` + slow + `"}`
-	inflight, err := net.Dial("tcp", httpAddr)
+	inflight, err := net.Dial("tcp", p.addr)
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
 	defer inflight.Close()
 	fmt.Fprintf(inflight, "POST /webhooks/verifeye HTTP/1.1\r\nHost: %s\r\nX-API-Key: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
-		httpAddr, ingestAPIKey, len(slowBody), slowBody[:20])
+		p.addr, ingestAPIKey, len(slowBody), slowBody[:20])
 	// The accept queue is FIFO: once a connection dialled after it is
 	// answered, the server has accepted the slow one, so SIGTERM finds it
 	// in flight rather than in the listener's backlog.
@@ -308,7 +314,7 @@ func TestServeSIGTERMLosesNoAcceptedWebhook(t *testing.T) {
 		t.Fatalf("SIGTERM: %v", err)
 	}
 	natstest.WaitFor(t, 20*time.Second, func() error {
-		c, err := net.Dial("tcp", httpAddr)
+		c, err := net.Dial("tcp", p.addr)
 		if err != nil {
 			return nil // the listener is closed: shutdown has begun
 		}
@@ -371,9 +377,7 @@ func TestIngestSubcommand(t *testing.T) {
 	log := ingestWatchLogs(t, `"message":"webhook"`)
 	srv := natstest.Start(t)
 	sum := sha256.Sum256([]byte(ingestAPIKey))
-	httpAddr := freeAddr(t)
-	p := ingestStart(t, log, httpAddr, userEnv(
-		"HTTP_ADDR="+httpAddr,
+	p := ingestStart(t, log, userEnv(
 		"NATS_URL="+srv.URL(),
 		"WEBHOOK_API_KEY_SHA256="+hex.EncodeToString(sum[:]),
 		"INGEST_PUBLISH_TIMEOUT=500ms",
@@ -454,7 +458,7 @@ func TestServiceConfigErrors(t *testing.T) {
 	// Where nothing listens: a start that got that far would hang or fail
 	// differently.
 	noNATS := "NATS_URL=nats://" + freeAddr(t)
-	embedded := []string{"NATS_EMBEDDED_ADDR=-", "HTTP_ADDR=" + freeAddr(t)}
+	embedded := []string{"NATS_EMBEDDED_ADDR=-", anyPort}
 	tests := []struct {
 		name    string
 		cmd     string

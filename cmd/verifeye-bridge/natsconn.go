@@ -198,7 +198,11 @@ func startEmbedded(cfg embeddedConfig, name string, log zerolog.Logger) (*connec
 		natsembed.Shutdown(ns)
 		return nil, usageError{fmt.Errorf("DATA_DIR: %w", err)}
 	}
-	ev := log.Info().Str("data_dir", cfg.DataDir).Str("listen", cfg.EmbeddedAddr).
+	listen := cfg.EmbeddedAddr // "-": no listener
+	if a := ns.Addr(); a != nil {
+		listen = a.String() // the port the server got, also for port 0
+	}
+	ev := log.Info().Str("data_dir", cfg.DataDir).Str("listen", listen).
 		Bool("sync_always", interval == 0).Bool("generated_credentials", generated)
 	if urlFile != "" {
 		ev = ev.Str("nats_url_file", urlFile)

@@ -74,7 +74,7 @@ func TestUnusableNATSCredentials(t *testing.T) {
 				runs = append(runs, []string{"ingest"}, []string{"enrich"})
 			}
 			for _, args := range runs {
-				env := userEnv(append([]string{noNATS, "VERIFEYE_API_KEY=k", "HTTP_ADDR=" + freeAddr(t)}, tt.env...)...)
+				env := userEnv(append([]string{noNATS, "VERIFEYE_API_KEY=k", anyPort}, tt.env...)...)
 				r := runBin(t, env, args...)
 				if strings.Contains(r.stderr, "GARBAGE-CONTENT") || strings.Contains(r.stderr, string(seed)) {
 					t.Errorf("%v: stderr quotes a credential file: %q", args, r.stderr)

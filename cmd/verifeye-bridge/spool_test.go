@@ -24,11 +24,11 @@ import (
 )
 
 // spoolEnv is the environment of an ingest with the spool on against natsURL,
-// storing under dataDir.
-func spoolEnv(httpAddr, natsURL, dataDir string, extra ...string) []string {
+// storing under dataDir, listening on a port of its own (ingestStart learns it).
+func spoolEnv(natsURL, dataDir string, extra ...string) []string {
 	sum := sha256.Sum256([]byte(ingestAPIKey))
 	return userEnv(append([]string{
-		"HTTP_ADDR=" + httpAddr,
+		anyPort,
 		"NATS_URL=" + natsURL,
 		"DATA_DIR=" + dataDir,
 		"WEBHOOK_API_KEY_SHA256=" + hex.EncodeToString(sum[:]),
@@ -82,10 +82,12 @@ func webhookStored(t *testing.T, js jetstream.JetStream, want map[string]bool, t
 func TestIngestSpoolWithoutNATS(t *testing.T) {
 	t.Parallel()
 	log := ingestWatchLogs(t, `"message":"webhook"`)
-	natsAddr := freeAddr(t) // nothing listens here yet
+	// Nothing listens here yet; NATS comes up on this address later, so it is
+	// named before anything binds it (a closed port, the one use of freeAddr
+	// for a server).
+	natsAddr := freeAddr(t)
 	dataDir := t.TempDir()
-	httpAddr := freeAddr(t)
-	env := spoolEnv(httpAddr, "nats://"+natsAddr, dataDir)
+	env := spoolEnv("nats://"+natsAddr, dataDir)
 	client := &http.Client{Timeout: 5 * time.Second}
 	accepted := map[string]bool{}
 	post := func(p *ingestProc, n int) {
@@ -100,14 +102,14 @@ func TestIngestSpoolWithoutNATS(t *testing.T) {
 		}
 	}
 
-	first := ingestStart(t, log, httpAddr, env, "ingest")
+	first := ingestStart(t, log, env, "ingest")
 	post(first, 5)
 	if err := first.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	first.wait(t)
 
-	second := ingestStart(t, log, httpAddr, env, "ingest")
+	second := ingestStart(t, log, env, "ingest")
 	post(second, 5)
 	status, body, err := clusterGet(second.base + "/readyz")
 	if err != nil || status != http.StatusOK || !strings.Contains(body, `"messages":10`) {
@@ -125,7 +127,7 @@ func TestIngestSpoolWithoutNATS(t *testing.T) {
 	}
 
 	srv := natstest.StartWith(t, natsembed.Options{StoreDir: t.TempDir(), Addr: natsAddr, SyncInterval: time.Minute})
-	third := ingestStart(t, log, httpAddr, env, "ingest")
+	third := ingestStart(t, log, env, "ingest")
 	webhookStored(t, srv.JetStream(), accepted, 60*time.Second)
 	if code := third.stop(t); code != 0 {
 		t.Errorf("ingest exited %d after SIGTERM, want 0", code)
@@ -138,8 +140,7 @@ func TestIngestSpoolFull(t *testing.T) {
 	t.Parallel()
 	log := ingestWatchLogs(t, `"message":"webhook"`)
 	srv := natstest.Start(t)
-	httpAddr := freeAddr(t)
-	p := ingestStart(t, log, httpAddr, spoolEnv(httpAddr, srv.URL(), t.TempDir(), "SPOOL_MAX_BYTES=4096"), "ingest")
+	p := ingestStart(t, log, spoolEnv(srv.URL(), t.TempDir(), "SPOOL_MAX_BYTES=4096"), "ingest")
 	srv.Shutdown()
 	client := &http.Client{Timeout: 5 * time.Second}
 	accepted := map[string]bool{}
@@ -181,7 +182,7 @@ func TestIngestSpoolNotWritable(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dataDir, "spool"), []byte("not a directory"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	r := runBin(t, spoolEnv(freeAddr(t), "nats://"+freeAddr(t), dataDir), "ingest")
+	r := runBin(t, spoolEnv("nats://"+freeAddr(t), dataDir), "ingest")
 	if r.code == 0 || !strings.Contains(r.stderr, "DATA_DIR") {
 		t.Errorf("ingest with a file as DATA_DIR/spool: exit %d, stderr %q; want non-zero naming DATA_DIR", r.code, r.stderr)
 	}
@@ -202,23 +203,23 @@ func TestSpoolOutage(t *testing.T) {
 	if d, err := time.ParseDuration(os.Getenv("SPOOL_TEST_OUTAGE")); err == nil {
 		outage = d
 	}
-	const rate = 20                                     // webhooks per second per ingest
-	log := ingestWatchLogs(t, "spooling until it does") // LOG_LEVEL=warn: no line per webhook
+	const rate = 20 // webhooks per second per ingest
+	// LOG_LEVEL=info, not warn: ingestStart reads the "verifeye-bridge
+	// started" line (info) for the address.
+	log := ingestWatchLogs(t, "spooling until it does")
 	srv := natstest.Start(t)
 	api := verifeyetest.Start(ingestAPIKey)
 	t.Cleanup(api.Close)
 
-	enrichAddr := freeAddr(t)
-	ingestStart(t, log, enrichAddr, userEnv(
-		"HTTP_ADDR="+enrichAddr, "NATS_URL="+srv.URL(), "VERIFEYE_API_KEY="+ingestAPIKey, "VERIFEYE_API_URL="+api.URL,
-		"VERIFEYE_RATE_LIMIT=0", "ENRICH_BACKOFF_BASE=100ms", "ENRICH_BACKOFF_MAX=2s", "OTEL_SDK_DISABLED=true", "LOG_LEVEL=warn",
+	ingestStart(t, log, userEnv(
+		"NATS_URL="+srv.URL(), "VERIFEYE_API_KEY="+ingestAPIKey, "VERIFEYE_API_URL="+api.URL,
+		"VERIFEYE_RATE_LIMIT=0", "ENRICH_BACKOFF_BASE=100ms", "ENRICH_BACKOFF_MAX=2s", "OTEL_SDK_DISABLED=true",
 	), "enrich")
-	addrA, addrB := freeAddr(t), freeAddr(t)
-	envA := spoolEnv(addrA, srv.URL(), t.TempDir(), "LOG_LEVEL=warn")
-	envB := spoolEnv(addrB, srv.URL(), t.TempDir(), "LOG_LEVEL=warn")
-	a := ingestStart(t, log, addrA, envA, "ingest")
+	envA := spoolEnv(srv.URL(), t.TempDir())
+	envB := spoolEnv(srv.URL(), t.TempDir())
+	a := ingestStart(t, log, envA, "ingest")
 	var b atomic.Pointer[ingestProc]
-	b.Store(ingestStart(t, log, addrB, envB, "ingest"))
+	b.Store(ingestStart(t, log, envB, "ingest"))
 
 	var (
 		mu         sync.Mutex
@@ -234,7 +235,9 @@ func TestSpoolOutage(t *testing.T) {
 		sentB      atomic.Int64
 		deliveredB = map[string]bool{} // answered 202 by B: must arrive
 	)
-	send := func(base string, sent *atomic.Int64, record func(session string, status int, body []byte, err error, took time.Duration)) {
+	// B's address changes when it is started again: its sender asks for
+	// the current one on every request.
+	send := func(base func() string, sent *atomic.Int64, record func(session string, status int, body []byte, err error, took time.Duration)) {
 		defer wg.Done()
 		tick := time.NewTicker(time.Second / rate)
 		defer tick.Stop()
@@ -250,13 +253,13 @@ func TestSpoolOutage(t *testing.T) {
 			inflight.Go(func() {
 				s := ingestSessionID(t)
 				start := time.Now()
-				status, body, err := ingestPost(client, base, "/webhooks/verifeye", s, spoolKey)
+				status, body, err := ingestPost(client, base(), "/webhooks/verifeye", s, spoolKey)
 				record(s, status, body, err, time.Since(start))
 			})
 		}
 	}
 	wg.Add(2)
-	go send(a.base, &sentA, func(s string, status int, body []byte, err error, took time.Duration) {
+	go send(func() string { return a.base }, &sentA, func(s string, status int, body []byte, err error, took time.Duration) {
 		mu.Lock()
 		defer mu.Unlock()
 		slowest = max(slowest, took)
@@ -269,7 +272,7 @@ func TestSpoolOutage(t *testing.T) {
 			spooledA++
 		}
 	})
-	go send(b.Load().base, &sentB, func(s string, status int, _ []byte, err error, _ time.Duration) {
+	go send(func() string { return b.Load().base }, &sentB, func(s string, status int, _ []byte, err error, _ time.Duration) {
 		mu.Lock()
 		defer mu.Unlock()
 		if err == nil && status == http.StatusAccepted {
@@ -287,7 +290,7 @@ func TestSpoolOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	old.wait(t)
-	b.Store(ingestStart(t, log, addrB, envB, "ingest"))
+	b.Store(ingestStart(t, log, envB, "ingest"))
 	t.Logf("ingest B SIGKILLed and started again on the same DATA_DIR")
 	time.Sleep(outage - outage/2)
 	srv.Restart()

@@ -152,10 +152,13 @@ func (s *Server) JetStream() jetstream.JetStream {
 	return js
 }
 
-// FreePort returns a loopback TCP port that was free a moment ago. Another
-// test may take it before it is bound again: use it only for an address that
-// must stay unused, or that another process must bind itself. Servers in the
-// test process bind port 0 and report the port they got.
+// FreePort returns a loopback TCP port that was free a moment ago, and is
+// closed now. Another test may take it before it is bound again: use it only
+// for an address where nothing must listen (a peer that is down), or for a
+// server a client was told of before it starts (NATS that comes up later on
+// the address the client was configured with). Servers bind port 0 and report
+// the port they got: in the test process through their listener, the binary
+// in its "verifeye-bridge started" line (http_addr) and DATA_DIR/nats.url.
 func FreePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")

@@ -29,10 +29,16 @@ func (p *noPublish) PublishMsg(context.Context, *nats.Msg, ...jetstream.PublishO
 	return &jetstream.PubAck{Stream: streams.Webhooks, Sequence: p.seq.Add(1)}, nil
 }
 
+// ceilingStarted is the message of the ceiling's start line, which carries the
+// listener's address as http_addr.
+const ceilingStarted = "ceiling started"
+
 // serveCeiling serves the ingest handler as `serve` builds it (same Auth,
-// logger, registry and http.Server settings), publishing nowhere, until ctx
-// ends.
-func serveCeiling(ctx context.Context, addr, apiKey, logLevel string, logw io.Writer) error {
+// logger, registry and http.Server settings) on ln, publishing nowhere, until
+// ctx ends. Its start line is logged at any level: the bench learns the
+// address from it.
+func serveCeiling(ctx context.Context, ln net.Listener, apiKey, logLevel string, logw io.Writer) error {
+	defer ln.Close()
 	lvl, err := zerolog.ParseLevel(logLevel)
 	if err != nil {
 		return fmt.Errorf("-log-level: %w", err)
@@ -44,10 +50,7 @@ func serveCeiling(ctx context.Context, addr, apiKey, logLevel string, logw io.Wr
 		Auth:       bridge.APIKeyAuth(apiKey),
 		Registerer: reg,
 	})
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return err
-	}
+	log.Log().Str("http_addr", ln.Addr().String()).Msg(ceilingStarted)
 	srv := &http.Server{
 		Handler:           ops.New(ops.Options{Gatherer: reg, Next: h}),
 		ReadHeaderTimeout: 5 * time.Second,

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"testing"
 	"time"
@@ -13,13 +14,14 @@ import (
 // TestCeilingServesTheHandler proves the ceiling is the real handler with
 // authentication on: generated webhooks with the key get 202, without it 401.
 func TestCeilingServesTheHandler(t *testing.T) {
-	addr, err := freeAddr()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	addr := ln.Addr().String()
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
-	go func() { done <- serveCeiling(ctx, addr, "ceiling-key", "info", io.Discard) }()
+	go func() { done <- serveCeiling(ctx, ln, "ceiling-key", "info", io.Discard) }()
 	p := &process{addr: addr, done: make(chan struct{})}
 	if err := p.waitReady(ctx, 10*time.Second); err != nil {
 		t.Fatalf("ceiling not ready: %v", err)

@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http/httptest"
 	"os"
 	"os/signal"
@@ -101,7 +102,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var err error
 	switch cfg.role {
 	case "ceiling":
-		err = serveCeiling(ctx, cfg.addr, cfg.apiKey, cfg.logLevel, os.Stderr)
+		var ln net.Listener
+		if ln, err = net.Listen("tcp", cfg.addr); err == nil {
+			err = serveCeiling(ctx, ln, cfg.apiKey, cfg.logLevel, os.Stderr)
+		}
 	case "":
 		err = orchestrate(ctx, cfg, stdout, stderr)
 	default:

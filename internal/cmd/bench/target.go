@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -109,8 +110,8 @@ func measure(ctx context.Context, env benchEnv, t *target, opts loadgen.Options,
 	// serve: a client of the embedded server (ingest: of its NATS server),
 	// to count what was stored.
 	var js jetstream.JetStream
-	if p.natsAddr != "" {
-		nc, err := nats.Connect("nats://" + p.natsAddr)
+	if p.natsURL != "" {
+		nc, err := nats.Connect(p.natsURL)
 		if err != nil {
 			return nil, fmt.Errorf("nats: %w", err)
 		}
@@ -224,8 +225,10 @@ func streamMsgs(ctx context.Context, js jetstream.JetStream, names ...string) ([
 // process is a started target.
 type process struct {
 	cmd      *exec.Cmd
-	addr     string // HTTP host:port
-	natsAddr string // serve: the embedded server's client address; ingest: its NATS server's
+	addr     string // HTTP host:port, known once waitReady returns
+	startMsg string // the message of the log line that reports addr
+	embedded bool   // serve: waitReady reads natsURL from DATA_DIR/nats.url
+	natsURL  string // the embedded server's URL (serve, once waitReady returns), or ingest's NATS server's
 	dataDir  string
 	ns       *server.Server // ingest: the NATS server run for it
 	logPath  string
@@ -237,11 +240,21 @@ func start(env benchEnv, t *target, dir string) (*process, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	addr, err := freeAddr()
-	if err != nil {
-		return nil, err
+	// The process binds port 0 and logs the address it got (waitReady reads
+	// it), unless LOG_LEVEL drops that line: then it gets an address that was
+	// free a moment ago.
+	p := &process{dataDir: filepath.Join(dir, "data"), logPath: filepath.Join(dir, "log"), done: make(chan struct{}), startMsg: "verifeye-bridge started"}
+	addr := "127.0.0.1:0"
+	var err error
+	switch {
+	case t.ceiling:
+		p.startMsg = ceilingStarted // logged at any level
+	case !startLineLogged(env.logLevel):
+		if addr, err = freeAddr(); err != nil {
+			return nil, err
+		}
+		p.addr = addr
 	}
-	p := &process{addr: addr, dataDir: filepath.Join(dir, "data"), logPath: filepath.Join(dir, "log"), done: make(chan struct{})}
 	// Only what the process needs: no NATS_URL or other setting leaks in from
 	// the caller's environment.
 	vars := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"), "TMPDIR=" + os.TempDir()}
@@ -251,7 +264,8 @@ func start(env benchEnv, t *target, dir string) (*process, error) {
 	case t.ingest:
 		natsURL := "nats://"
 		if t.natsDown {
-			// Nothing listens there: every publish fails at once.
+			// Nothing listens there: every publish fails at once. A closed
+			// port is what "down" means, so it is picked ahead.
 			down, err := freeAddr()
 			if err != nil {
 				return nil, err
@@ -262,8 +276,8 @@ func start(env benchEnv, t *target, dir string) (*process, error) {
 			if err != nil {
 				return nil, err
 			}
-			p.natsAddr = p.ns.Addr().String()
-			natsURL += p.natsAddr
+			natsURL += p.ns.Addr().String()
+			p.natsURL = natsURL
 		}
 		p.cmd = exec.Command(env.bin, "ingest")
 		vars = append(vars,
@@ -276,13 +290,10 @@ func start(env benchEnv, t *target, dir string) (*process, error) {
 			"LOG_LEVEL="+env.logLevel,
 		)
 	default:
-		if p.natsAddr, err = freeAddr(); err != nil {
-			return nil, err
-		}
-		p.cmd = exec.Command(env.bin, "serve")
+		p.cmd, p.embedded = exec.Command(env.bin, "serve"), true
 		vars = append(vars,
 			"HTTP_ADDR="+addr,
-			"NATS_EMBEDDED_ADDR="+p.natsAddr,
+			"NATS_EMBEDDED_ADDR=127.0.0.1:0", // waitReady reads DATA_DIR/nats.url
 			"DATA_DIR="+filepath.Join(dir, "data"),
 			"NATS_EMBEDDED_SYNC="+t.sync,
 			"VERIFEYE_API_KEY="+env.apiKey,
@@ -318,7 +329,9 @@ func (p *process) stopNATS() {
 	}
 }
 
-// freeAddr returns a loopback address that was free a moment ago.
+// freeAddr returns a loopback address that was free a moment ago and is
+// closed now: for a NATS that must be down, and for HTTP_ADDR when LOG_LEVEL
+// hides the line that reports the port a process got.
 func freeAddr() (string, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -328,10 +341,53 @@ func freeAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
-// waitReady polls GET /readyz until it answers 200.
+// startLineLogged reports whether a process at LOG_LEVEL level logs its
+// "verifeye-bridge started" line (an info line).
+func startLineLogged(level string) bool {
+	switch strings.ToLower(level) {
+	case "trace", "debug", "info":
+		return true
+	}
+	return false
+}
+
+// startedAddr returns the http_addr of the first line of the JSON log at path
+// whose message is msg, or "" if there is none yet.
+func startedAddr(path, msg string) string {
+	b, _ := os.ReadFile(path)
+	for line := range bytes.SplitSeq(b, []byte("\n")) {
+		var l struct {
+			Message  string `json:"message"`
+			HTTPAddr string `json:"http_addr"`
+		}
+		if json.Unmarshal(line, &l) == nil && l.Message == msg && l.HTTPAddr != "" {
+			return l.HTTPAddr
+		}
+	}
+	return ""
+}
+
+// waitReady learns the process's HTTP address from its start line (unless
+// it was picked ahead), polls GET /readyz until it answers 200 and then, for
+// serve, reads its embedded NATS server's URL.
 func (p *process) waitReady(ctx context.Context, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	client := &http.Client{Timeout: time.Second}
+	for p.addr == "" {
+		if p.addr = startedAddr(p.logPath, p.startMsg); p.addr != "" {
+			break
+		}
+		select {
+		case <-p.done:
+			return fmt.Errorf("exited before it was ready: %v", p.waitErr)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no %q line with http_addr within %v", p.startMsg, timeout)
+		}
+	}
 	for {
 		select {
 		case <-p.done:
@@ -344,7 +400,7 @@ func (p *process) waitReady(ctx context.Context, timeout time.Duration) error {
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return nil
+				return p.readNATSURL()
 			}
 		}
 		if time.Now().After(deadline) {
@@ -352,6 +408,20 @@ func (p *process) waitReady(ctx context.Context, timeout time.Duration) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// readNATSURL reads serve's DATA_DIR/nats.url (written before it serves):
+// the embedded server's address, the port it got, and its credentials.
+func (p *process) readNATSURL() error {
+	if !p.embedded {
+		return nil
+	}
+	b, err := os.ReadFile(filepath.Join(p.dataDir, "nats.url"))
+	if err != nil {
+		return fmt.Errorf("the embedded server's URL: %w", err)
+	}
+	p.natsURL = strings.TrimSpace(string(b))
+	return nil
 }
 
 // stop sends SIGTERM and waits for a clean exit.
