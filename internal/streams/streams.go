@@ -70,37 +70,19 @@ const MaxWebhookHeaderBytes = 4096
 // regular expressions (which cost a tenth of the handler's CPU); the tests hold
 // each to the expression in its comment.
 
-// ValidSource reports whether s may be a webhook source (one NATS token): ^[a-z0-9_-]{1,64}$.
-func ValidSource(s string) bool {
-	return len(s) >= 1 && len(s) <= 64 && all(s, func(c byte) bool { return lower(c) || digit(c) || c == '_' || c == '-' })
-}
+// ValidSource reports whether s may be a webhook source (one NATS token):
+// ^[a-z0-9_-]{1,64}$. The rule is outcome's, the contract's one owner.
+func ValidSource(s string) bool { return outcome.ValidSource(s) }
 
 // ValidEvent reports whether s may be a webhook event name: ^[A-Za-z][A-Za-z0-9_-]{0,63}$.
 func ValidEvent(s string) bool {
 	return len(s) >= 1 && len(s) <= 64 && letter(s[0]) && all(s, tokenByte)
 }
 
-// ValidSessionID reports whether s is a UUID in the strict 8-4-4-4-12 hex form:
-// ^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$.
-// uuid.Parse is deliberately not used: it also accepts braces, URNs and undashed forms.
-func ValidSessionID(s string) bool {
-	if len(s) != 36 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		switch c := s[i]; i {
-		case 8, 13, 18, 23:
-			if c != '-' {
-				return false
-			}
-		default:
-			if !digit(c) && (c|0x20 < 'a' || c|0x20 > 'f') {
-				return false
-			}
-		}
-	}
-	return true
-}
+// ValidSessionID reports whether s is a UUID in the strict 8-4-4-4-12 hex form
+// (outcome.ValidSessionID). uuid.Parse is deliberately not used: it also
+// accepts braces, URNs and undashed forms.
+func ValidSessionID(s string) bool { return outcome.ValidSessionID(s) }
 
 // ValidPrefix reports whether s may be the SUBJECT_PREFIX (one NATS token): ^[A-Za-z0-9_-]{1,64}$.
 func ValidPrefix(s string) bool { return ValidToken(s) }
@@ -133,16 +115,10 @@ func ValidOutcome(s string) bool {
 
 // Outcome maps a verificationResult value to the subject token of the result
 // stream: the value trimmed and lower-cased when that satisfies ValidOutcome
-// (passed, failed, not_executed, ...), else "unknown". The result is always
-// safe in a NATS subject and as a metric label. It is the one place this rule
-// lives.
-func Outcome(verificationResult string) string {
-	o := strings.ToLower(strings.TrimSpace(verificationResult))
-	if ValidOutcome(o) {
-		return o
-	}
-	return "unknown"
-}
+// (passed, failed, not_executed, ...), else "unknown" (outcome.Outcome, the
+// one place this rule lives). The result is always safe in a NATS subject and
+// as a metric label.
+func Outcome(verificationResult string) string { return outcome.Outcome(verificationResult) }
 
 // Subjects builds the subjects of one deployment (one SUBJECT_PREFIX).
 // The zero value is not usable; use NewSubjects.

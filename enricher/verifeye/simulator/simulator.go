@@ -45,6 +45,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/realeyes/verifeye-bridge/outcome"
 )
 
 // ResultPath is the path of the Get Session Result endpoint.
@@ -234,25 +236,7 @@ func normalize(id string) string {
 
 // ValidSessionID reports whether id is 8-4-4-4-12 hex digits, either case: the
 // session IDs the simulator answers; any other gets 400.
-func ValidSessionID(id string) bool {
-	if len(id) != 36 {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		switch i {
-		case 8, 13, 18, 23:
-			if c != '-' {
-				return false
-			}
-		default:
-			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
-				return false
-			}
-		}
-	}
-	return true
-}
+func ValidSessionID(id string) bool { return outcome.ValidSessionID(id) }
 
 // kind is the default answer class of a session.
 type kind int
