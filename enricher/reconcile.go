@@ -104,6 +104,8 @@ func NewReconciler(js jetstream.JetStream, log zerolog.Logger, opts ReconcileOpt
 	return r
 }
 
+const reconcileAckWait = 10 * time.Second
+
 // ConsumerConfig is the durable consumer of the expectations stream.
 func (r *Reconciler) ConsumerConfig() jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
@@ -111,8 +113,11 @@ func (r *Reconciler) ConsumerConfig() jetstream.ConsumerConfig {
 		Description:   "verifeye-bridge reconciler",
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       30 * time.Second,
-		MaxDeliver:    -1,
+		// A check is quick (a ledger write, perhaps a publish). Short, because
+		// after a NATS restart the messages waiting on a nak delay come back
+		// after the ack wait.
+		AckWait:    reconcileAckWait,
+		MaxDeliver: -1,
 		// Every open expectation waits nakked, and counts here.
 		MaxAckPending: 1 << 20,
 	}
@@ -146,7 +151,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		return nil
 	}
 	cc, err := cons.Consume(func(msg jetstream.Msg) {
-		c, cancel := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
+		c, cancel := context.WithTimeout(context.WithoutCancel(ctx), reconcileAckWait*4/5)
 		defer cancel()
 		r.handle(c, msg)
 	}, jetstream.PullMaxMessages(64))

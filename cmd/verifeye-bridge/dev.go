@@ -21,7 +21,7 @@ import (
 // cmdDev runs serve against a built-in VerifEye simulator on loopback, with
 // embedded NATS, and needs no configuration at all. It never calls the real API.
 func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cfg := serviceConfig{name: "dev", embedded: &embeddedConfig{}, ingest: &ingestConfig{}, api: &apiConfig{}, enrich: &enrichConfig{}}
+	cfg := serviceConfig{name: "dev", embedded: &embeddedConfig{}, ingest: &ingestConfig{}, api: &apiConfig{}, enrich: &enrichConfig{}, internal: &internalAPIConfig{}}
 	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
 	if err := parseFlags(fs, args, stdout,
 		"Try the whole pipeline on this machine with no account and no configuration:\n"+

@@ -93,6 +93,9 @@ func (a *API) watch(ctx context.Context) error {
 		return err
 	}
 	defer func() { _ = w.Stop() }()
+	// Updates from now on come through w; what happened before it started,
+	// the waiters read from the ledger again.
+	a.recheckAll()
 	for {
 		select {
 		case <-ctx.Done():
@@ -125,10 +128,36 @@ func (a *API) notify(key string, value []byte) {
 	if err := json.Unmarshal(value, &s); err != nil {
 		return
 	}
+	send(chans, &s)
+}
+
+// recheckAll tells every waiter to read the ledger again (a nil update).
+func (a *API) recheckAll() {
+	a.mu.Lock()
+	var chans []chan *outcome.Session
+	for _, ws := range a.waiters {
+		for c := range ws {
+			chans = append(chans, c)
+		}
+	}
+	a.mu.Unlock()
+	send(chans, nil)
+}
+
+// send gives s to each waiter of chans; each holds the newest update only,
+// one not read yet is replaced (the one watch goroutine is the only sender).
+func send(chans []chan *outcome.Session, s *outcome.Session) {
 	for _, c := range chans {
-		select {
-		case c <- &s:
-		default: // the waiter has an update to read already; it reads the ledger again
+		for sent := false; !sent; {
+			select {
+			case c <- s:
+				sent = true
+			default:
+				select {
+				case <-c:
+				default:
+				}
+			}
 		}
 	}
 }
@@ -287,6 +316,11 @@ func (a *API) get(w http.ResponseWriter, r *http.Request, id string) {
 	for wait > 0 && (s == nil || !s.Final()) {
 		select {
 		case u := <-updates:
+			if u == nil { // read the ledger again
+				if u, err = a.lookup(ctx, id); err != nil {
+					break
+				}
+			}
 			s = u
 			continue
 		case <-ctx.Done():
