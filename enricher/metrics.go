@@ -49,13 +49,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "verifeye_bridge_enricher_in_flight",
 			Help: "Webhook messages this process has fetched and not yet settled (at most ENRICH_CONCURRENCY); the rest wait in JetStream.",
 		}),
-		ledgerFailures: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "verifeye_bridge_ledger_write_failures_total",
-			Help: "Writes to the session ledger (VERIFEYE_SESSIONS) that failed.",
-		}),
+		ledgerFailures: newLedgerFailures(),
 	}
 	if reg != nil {
-		reg.MustRegister(m.apiCalls, m.apiDuration, m.enrichments, m.latency, m.paused, m.inFlight, m.ledgerFailures)
+		reg.MustRegister(m.apiCalls, m.apiDuration, m.enrichments, m.latency, m.paused, m.inFlight)
+		m.ledgerFailures = registerShared(reg, m.ledgerFailures)
 	}
 	return m
 }
@@ -72,4 +70,26 @@ func (m *metrics) observeCall(err error, d time.Duration) {
 	}
 	m.apiCalls.WithLabelValues(class).Inc()
 	m.apiDuration.Observe(d.Seconds())
+}
+
+func newLedgerFailures() prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "verifeye_bridge_ledger_write_failures_total",
+		Help: "Writes to the session ledger (VERIFEYE_SESSIONS) that failed, by the enricher or the reconciler.",
+	})
+}
+
+// registerShared registers c, or returns the counter of the same name
+// registered before (the enricher and the reconciler share one).
+func registerShared(reg prometheus.Registerer, c prometheus.Counter) prometheus.Counter {
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(prometheus.Counter); ok {
+				return existing
+			}
+		}
+		panic(err)
+	}
+	return c
 }

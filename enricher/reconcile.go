@@ -93,14 +93,12 @@ func NewReconciler(js jetstream.JetStream, log zerolog.Logger, opts ReconcileOpt
 			Help: "Expectations not closed yet (their session is not final), as the reconciler's consumer counts them.",
 		}),
 	}
-	ledgerFailures := prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "verifeye_bridge_reconciler_ledger_write_failures_total",
-		Help: "Writes of the reconciler to the session ledger that failed.",
-	})
-	r.ldg = NewLedger(js, ledgerFailures)
+	ledgerFailures := newLedgerFailures()
 	if opts.Registerer != nil {
-		opts.Registerer.MustRegister(r.opened, r.injected, r.reconciled, r.abandoned, r.open, ledgerFailures)
+		opts.Registerer.MustRegister(r.opened, r.injected, r.reconciled, r.abandoned, r.open)
+		ledgerFailures = registerShared(opts.Registerer, ledgerFailures)
 	}
+	r.ldg = NewLedger(js, ledgerFailures)
 	return r
 }
 

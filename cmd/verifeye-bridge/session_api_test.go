@@ -198,3 +198,71 @@ func TestServeRestartKeepsExpectations(t *testing.T) {
 		})
 	}
 }
+
+// TestSessionAndExpectCLI: expect announces a session; session prints a
+// session's path, in text and JSON.
+func TestSessionAndExpectCLI(t *testing.T) {
+	ns := natstest.Start(t)
+	api := verifeyetest.Start(enrichTestKey)
+	t.Cleanup(api.Close)
+	base := enrichServe(t, ns, api)
+	id := "5e551011-0000-4000-8000-00000000c001"
+	enrichPost(t, base, "acme", id, false)
+	natstest.WaitFor(t, 10*time.Second, func() error {
+		s, err := outcome.Lookup(context.Background(), ns.JetStream(), id)
+		if err != nil {
+			return err
+		}
+		if s.State != outcome.StateEnriched {
+			return fmt.Errorf("state %s", s.State)
+		}
+		return nil
+	})
+	t.Setenv("NATS_URL", ns.URL())
+	var stdout, stderr strings.Builder
+	if code := run(context.Background(), []string{"session", id}, &stdout, &stderr); code != exitOK {
+		t.Fatalf("session: exit %d, stderr %q", code, stderr.String())
+	}
+	for _, want := range []string{"webhook   seq 1 on verifeye.webhook.acme.VerificationCompleted", "outcome   seq 1: passed", "ledger: enriched, outcome passed, result seq 1"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("session output lacks %q:\n%s", want, stdout.String())
+		}
+	}
+	stdout.Reset()
+	if code := run(context.Background(), []string{"session", "--json", strings.ToUpper(id)}, &stdout, &stderr); code != exitOK {
+		t.Fatalf("session --json: exit %d, stderr %q", code, stderr.String())
+	}
+	var story struct {
+		SessionID string
+		Ledger    *outcome.Session
+		Webhooks  []map[string]any
+		Outcomes  []map[string]any
+	}
+	if err := json.Unmarshal([]byte(stdout.String()), &story); err != nil {
+		t.Fatalf("session --json: %v in %s", err, stdout.String())
+	}
+	if story.SessionID != id || story.Ledger == nil || story.Ledger.State != outcome.StateEnriched || len(story.Webhooks) != 1 || len(story.Outcomes) != 1 {
+		t.Errorf("session --json = %+v", story)
+	}
+
+	if code := run(context.Background(), []string{"session", "nope"}, &stdout, &stderr); code != exitUsage {
+		t.Errorf("session with a malformed ID: exit %d, want %d", code, exitUsage)
+	}
+	unknown := "5e551011-0000-4000-8000-00000000c0ff"
+	if code := run(context.Background(), []string{"session", unknown}, &stdout, &stderr); code != exitFailure {
+		t.Errorf("session never seen: exit %d, want %d", code, exitFailure)
+	}
+
+	exp := "5e551011-0000-4000-8000-00000000c002"
+	stdout.Reset()
+	if code := run(context.Background(), []string{"expect", exp, "--source", "acme"}, &stdout, &stderr); code != exitOK {
+		t.Fatalf("expect: exit %d, stderr %q", code, stderr.String())
+	}
+	msgs := natstest.Messages(t, ns.JetStream(), outcome.StreamExpectations)
+	if len(msgs) != 1 || msgs[0].Subject() != "verifeye.expect.acme" {
+		t.Errorf("expectations stream: %d messages, want one on verifeye.expect.acme", len(msgs))
+	}
+	if code := run(context.Background(), []string{"expect", exp, "--source", "Bad"}, &stdout, &stderr); code != exitUsage {
+		t.Errorf("expect with a bad source: exit %d, want %d", code, exitUsage)
+	}
+}
