@@ -227,6 +227,15 @@ func (a *API) lookup(ctx context.Context, id string) (*outcome.Session, error) {
 	return &s, nil
 }
 
+// Routes returns the API's routes (OpenAPI path templates) and their
+// methods; GET also answers HEAD.
+func Routes() map[string][]string {
+	return map[string][]string{
+		"/v1/sessions/{id}":        {http.MethodGet},
+		"/v1/sessions/{id}/expect": {http.MethodPut},
+	}
+}
+
 // ServeHTTP routes the API's requests.
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
