@@ -266,3 +266,30 @@ func TestSessionAndExpectCLI(t *testing.T) {
 		t.Errorf("expect with a bad source: exit %d, want %d", code, exitUsage)
 	}
 }
+
+// TestSendForget: send --forget expects sessions without posting their
+// webhooks; the bridge reconciles each.
+func TestSendForget(t *testing.T) {
+	api := verifeyetest.Start(enrichTestKey)
+	t.Cleanup(api.Close)
+	_, apiBase, _ := sessionServe(t, t.TempDir(), api)
+	var stdout, stderr strings.Builder
+	if code := run(context.Background(), []string{"send", "--count", "0", "--forget", "2", "--api-url", apiBase, "--api-token", apiTestToken}, &stdout, &stderr); code != exitOK {
+		t.Fatalf("send --forget: exit %d, stdout %q, stderr %q", code, stdout.String(), stderr.String())
+	}
+	var ids []string
+	for _, line := range strings.Split(strings.TrimSpace(stdout.String()), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && f[0] == "expected" {
+			ids = append(ids, strings.TrimSuffix(f[1], ","))
+		}
+	}
+	if len(ids) != 2 {
+		t.Fatalf("send --forget 2 printed %q; want two expected sessions", stdout.String())
+	}
+	for _, id := range ids {
+		code, body := apiDo(t, "GET", apiBase+"/v1/sessions/"+id+"?wait=30s", apiTestToken, "")
+		if code != 200 || body["state"] != outcome.StateEnriched || body["reconciled"] != true {
+			t.Errorf("forgotten session %s: %d %v, want enriched and reconciled", id, code, body)
+		}
+	}
+}
