@@ -327,6 +327,7 @@ func (e *Enricher) handle(stop context.Context, msg jetstream.Msg) {
 	case Publish:
 		e.publish(settleCtx, msg, meta, log, source, session, res)
 	case Retry:
+		e.attempted(settleCtx, log, session, attempt, d.Status)
 		e.m.enrichments.WithLabelValues("retried", d.Reason).Inc()
 		log.Warn().Err(err).Str("decision", "retry").Int("status", d.Status).Dur("delay", d.Delay).Msg("enrichment will be retried")
 		if nerr := msg.NakWithDelay(d.Delay); nerr != nil {
@@ -513,7 +514,7 @@ func (e *Enricher) publish(ctx context.Context, msg jetstream.Msg, meta *jetstre
 		_ = msg.NakWithDelay(d)
 		return
 	}
-	e.enriched(ctx, log, source, session, body, ack.Sequence, rec)
+	e.enriched(ctx, log, source, session, body, ack.Sequence, rec, int(meta.NumDelivered))
 	if err := msg.DoubleAck(ctx); err != nil {
 		// The outcome is stored; a redelivery is de-duplicated by its ID.
 		log.Warn().Err(err).Msg("ack not confirmed; a redelivery will be de-duplicated")
@@ -540,7 +541,7 @@ func (e *Enricher) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jets
 		return
 	}
 	if session != "" {
-		e.deadLettered(ctx, session, source, d.Reason)
+		e.deadLettered(ctx, session, source, d.Reason, attempt, d.Status)
 	}
 	if err := msg.DoubleAck(ctx); err != nil {
 		e.log.Warn().Err(err).Str("session_id", session).Str("trace_id", tracing.TraceID(ctx)).Msg("ack after dead-lettering not confirmed")
@@ -597,7 +598,7 @@ func (e *Enricher) waitUnpaused(ctx context.Context) bool {
 // enriched writes the session's ledger entry enriched, with the outcome and
 // its sequence on the results stream, after the outcome's PubAck. An entry
 // enriched before (a replay's second outcome) keeps its first outcome.
-func (e *Enricher) enriched(ctx context.Context, log zerolog.Logger, source, session string, body []byte, seq uint64, rec bool) {
+func (e *Enricher) enriched(ctx context.Context, log zerolog.Logger, source, session string, body []byte, seq uint64, rec bool, attempt int) {
 	ev, err := outcome.Decode(body)
 	if err != nil { // the enricher's own encoding; defensive
 		log.Warn().Err(err).Msg("cannot decode the outcome for the session ledger")
@@ -610,6 +611,7 @@ func (e *Enricher) enriched(ctx context.Context, log zerolog.Logger, source, ses
 			return nil
 		}
 		cur.State, cur.Outcome, cur.Event, cur.ResultSeq, cur.Reconciled, cur.Reason = outcome.StateEnriched, ev.Outcome, ev, seq, rec, ""
+		cur.Attempts, cur.LastStatus = max(cur.Attempts, attempt), 200
 		return cur
 	})
 	if err != nil {
@@ -619,7 +621,7 @@ func (e *Enricher) enriched(ctx context.Context, log zerolog.Logger, source, ses
 
 // deadLettered writes the session's ledger entry dead_lettered with the
 // reason, unless it is enriched already.
-func (e *Enricher) deadLettered(ctx context.Context, session, source, reason string) {
+func (e *Enricher) deadLettered(ctx context.Context, session, source, reason string, attempt, status int) {
 	_, err := e.ldg.Update(ctx, session, func(cur *outcome.Session) *outcome.Session {
 		if cur == nil {
 			cur = &outcome.Session{SessionID: session, Source: source}
@@ -627,11 +629,28 @@ func (e *Enricher) deadLettered(ctx context.Context, session, source, reason str
 			return nil
 		}
 		cur.State, cur.Reason = outcome.StateDeadLettered, reason
+		cur.Attempts, cur.LastStatus = max(cur.Attempts, attempt), status
 		return cur
 	})
 	if err != nil {
 		e.ledgerErr.Do(func() {
 			e.log.Warn().Err(err).Str("session_id", session).Msg("cannot write the session ledger (dead_lettered)")
 		})
+	}
+}
+
+// attempted records a failed attempt that will be retried in the session's
+// ledger entry (the attempt count and the API's last status), for
+// `verifeye-bridge session`. It is skipped for a final entry.
+func (e *Enricher) attempted(ctx context.Context, log zerolog.Logger, session string, attempt, status int) {
+	_, err := e.ldg.Update(ctx, session, func(cur *outcome.Session) *outcome.Session {
+		if cur == nil || cur.Final() {
+			return nil
+		}
+		cur.Attempts, cur.LastStatus = max(cur.Attempts, attempt), status
+		return cur
+	})
+	if err != nil {
+		e.ledgerErr.Do(func() { log.Warn().Err(err).Msg("cannot write the session ledger (attempt)") })
 	}
 }

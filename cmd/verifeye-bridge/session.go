@@ -276,6 +276,9 @@ func printStory(w io.Writer, s *sessionStory) {
 	if l.Reason != "" {
 		line += ", reason " + l.Reason
 	}
+	if l.Attempts > 0 {
+		line += fmt.Sprintf(", %d API call(s), last status %d", l.Attempts, l.LastStatus)
+	}
 	if l.ReconcileAttempts > 0 {
 		line += fmt.Sprintf(", %d webhook(s) injected", l.ReconcileAttempts)
 	}
