@@ -135,7 +135,7 @@ func TestLedgerDeadLettered(t *testing.T) {
 	r.api.Script(s, verifeyetest.Status(400))
 	r.publishWebhook("acme", streams.EventCompleted, s)
 	got := r.waitState(s, outcome.StateDeadLettered, 10*time.Second)
-	if got.Reason != enricher.ReasonBadRequest || got.Attempts != 1 || got.LastStatus != 400 {
+	if got.Reason != enricher.ReasonBadRequest || got.APICalls != 1 || got.LastStatus != 400 {
 		t.Errorf("ledger = %+v, want reason %q after 1 attempt with status 400", got, enricher.ReasonBadRequest)
 	}
 
@@ -144,7 +144,7 @@ func TestLedgerDeadLettered(t *testing.T) {
 	r.api.Script(s2, verifeyetest.Status(500), verifeyetest.Status(503))
 	r.publishWebhook("acme", streams.EventCompleted, s2)
 	got = r.waitState(s2, outcome.StateEnriched, 10*time.Second)
-	if got.Attempts != 3 || got.LastStatus != 200 {
+	if got.APICalls != 3 || got.LastStatus != 200 {
 		t.Errorf("ledger = %+v, want 3 attempts, the last 200", got)
 	}
 }

@@ -26,7 +26,7 @@ const (
 //	{"sessionId":"<id>","source":"<source>","state":"enriched","outcome":"passed",
 //	 "updatedAt":"<RFC 3339>","event":<the outcome's CloudEvent, or null>,
 //	 "resultSeq":<n>,"reconciled":true,"reason":"<DLQ reason>",
-//	 "expectedAt":"<RFC 3339>","reconcileAttempts":<n>,"attempts":<n>,"lastStatus":<n>}
+//	 "expectedAt":"<RFC 3339>","reconcileAttempts":<n>,"apiCalls":<n>,"lastStatus":<n>}
 //
 // The fields after event are omitted when empty.
 // outcome is "" until the session is enriched; event is null (or absent)
@@ -50,9 +50,9 @@ type Session struct {
 	// none did; ReconcileAttempts counts the webhooks the bridge injected for it.
 	ExpectedAt        time.Time
 	ReconcileAttempts int
-	// Attempts counts the enricher's API calls for the session's webhook so
+	// APICalls counts the enricher's API calls for the session's webhook so
 	// far, LastStatus is the last call's HTTP status (0: no answer).
-	Attempts   int
+	APICalls   int
 	LastStatus int
 }
 
@@ -79,7 +79,7 @@ type sessionJSON struct {
 	Reason            string     `json:"reason,omitempty"`
 	ExpectedAt        *time.Time `json:"expectedAt,omitempty"`
 	ReconcileAttempts int        `json:"reconcileAttempts,omitempty"`
-	Attempts          int        `json:"attempts,omitempty"`
+	APICalls          int        `json:"apiCalls,omitempty"`
 	LastStatus        int        `json:"lastStatus,omitempty"`
 }
 
@@ -88,7 +88,7 @@ type sessionJSON struct {
 func (s *Session) MarshalJSON() ([]byte, error) {
 	j := sessionJSON{SessionID: s.SessionID, Source: s.Source, State: s.State, Outcome: s.Outcome, UpdatedAt: s.UpdatedAt.UTC(),
 		ResultSeq: s.ResultSeq, Reconciled: s.Reconciled, Reason: s.Reason, ReconcileAttempts: s.ReconcileAttempts,
-		Attempts: s.Attempts, LastStatus: s.LastStatus}
+		APICalls: s.APICalls, LastStatus: s.LastStatus}
 	if !s.ExpectedAt.IsZero() {
 		t := s.ExpectedAt.UTC()
 		j.ExpectedAt = &t
@@ -112,7 +112,7 @@ func (s *Session) UnmarshalJSON(b []byte) error {
 	}
 	*s = Session{SessionID: j.SessionID, Source: j.Source, State: j.State, Outcome: j.Outcome, UpdatedAt: j.UpdatedAt,
 		ResultSeq: j.ResultSeq, Reconciled: j.Reconciled, Reason: j.Reason, ReconcileAttempts: j.ReconcileAttempts,
-		Attempts: j.Attempts, LastStatus: j.LastStatus}
+		APICalls: j.APICalls, LastStatus: j.LastStatus}
 	if j.ExpectedAt != nil {
 		s.ExpectedAt = *j.ExpectedAt
 	}

@@ -276,8 +276,8 @@ func printStory(w io.Writer, s *sessionStory) {
 	if l.Reason != "" {
 		line += ", reason " + l.Reason
 	}
-	if l.Attempts > 0 {
-		line += fmt.Sprintf(", %d API call(s), last status %d", l.Attempts, l.LastStatus)
+	if l.APICalls > 0 {
+		line += fmt.Sprintf(", %d API call(s), last status %d", l.APICalls, l.LastStatus)
 	}
 	if l.ReconcileAttempts > 0 {
 		line += fmt.Sprintf(", %d webhook(s) injected", l.ReconcileAttempts)
