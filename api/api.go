@@ -1,6 +1,7 @@
 // Package api holds the machine-readable contract of verifeye-bridge: the JSON
-// Schema of the outcome CloudEvent and the AsyncAPI 3.0 description of every
-// subject, stream, header and message. The files beside this one are the
+// Schema of the outcome CloudEvent, the AsyncAPI 3.0 description of every
+// subject, stream, header and message, and the OpenAPI 3.1 description of the
+// internal API. The files beside this one are the
 // source; the variables embed them for programs that serve or check them.
 package api
 
@@ -16,3 +17,9 @@ var OutcomeSchema []byte
 //
 //go:embed asyncapi.yaml
 var AsyncAPI []byte
+
+// OpenAPI is openapi.yaml: the OpenAPI 3.1 document of the internal API
+// (API_ADDR).
+//
+//go:embed openapi.yaml
+var OpenAPI []byte

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/realeyes/verifeye-bridge/internal/streams"
+	"github.com/realeyes/verifeye-bridge/outcome"
 )
 
 // natsRoles are the NATS users every deployment ships, by role: the bridge's
@@ -331,7 +332,56 @@ func checkNATSRoles(t *testing.T, users []*server.User, logins map[string]login)
 	if _, err := enrich.Publish(ctx, subjects.DLQ("default", streams.EventCompleted), webhook); err != nil {
 		t.Errorf("enrich: publish a dead letter: %v", err)
 	}
-	refused("enrich", enrich, subjects.Webhook("default", streams.EventCompleted))
+	refused("enrich", enrich, subjects.Webhook("default", "SessionStarted"))
+
+	// enrich keeps the session ledger, takes expectations (the internal API),
+	// consumes them (the reconciler) and injects the missing webhook.
+	kv, err := enrich.KeyValue(ctx, outcome.BucketSessions)
+	if err != nil {
+		t.Fatalf("enrich: open the session ledger: %v", err)
+	}
+	if _, err := kv.Create(ctx, outcome.SessionKey(session), []byte(`{"sessionId":"`+session+`","source":"default","state":"received"}`)); err != nil {
+		t.Errorf("enrich: write the ledger: %v", err)
+	}
+	if e, err := kv.Get(ctx, outcome.SessionKey(session)); err != nil {
+		t.Errorf("enrich: read the ledger: %v", err)
+	} else if _, err := kv.Update(ctx, outcome.SessionKey(session), []byte(`{"sessionId":"`+session+`","source":"default","state":"enriched"}`), e.Revision()); err != nil {
+		t.Errorf("enrich: update the ledger: %v", err)
+	}
+	w, err := kv.WatchAll(ctx, jetstream.UpdatesOnly())
+	if err != nil {
+		t.Errorf("enrich: watch the ledger: %v", err)
+	} else {
+		_ = w.Stop()
+	}
+	expected := "0f1e2d3c-0000-4000-8000-000000000a02"
+	if err := outcome.Expect(ctx, enrich, "default", expected); err != nil {
+		t.Errorf("enrich: publish an expectation: %v", err)
+	}
+	ec, err := enrich.CreateOrUpdateConsumer(ctx, streams.Expectations, jetstream.ConsumerConfig{Durable: "reconciler", AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		t.Fatalf("enrich: create the reconciler's consumer: %v", err)
+	}
+	batch, err = ec.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatalf("enrich: fetch an expectation: %v", err)
+	}
+	n = 0
+	for m := range batch.Messages() {
+		n++
+		if err := m.NakWithDelay(time.Hour); err != nil {
+			t.Errorf("enrich: nak an expectation: %v", err)
+		}
+	}
+	if n != 1 {
+		t.Errorf("enrich: fetched %d expectations (%v); want 1", n, batch.Error())
+	}
+	injected := nats.NewMsg(subjects.Webhook("default", streams.EventCompleted))
+	injected.Data = []byte(`{"event":"VerificationCompleted","verificationSessionId":"` + expected + `"}`)
+	injected.Header.Set(outcome.HeaderReconciled, "true")
+	if _, err := enrich.PublishMsg(ctx, injected); err != nil {
+		t.Errorf("enrich: inject a webhook: %v", err)
+	}
 
 	// downstream: reads outcomes on a durable consumer of its own, and can
 	// neither forge one nor touch the other streams.
@@ -354,6 +404,19 @@ func checkNATSRoles(t *testing.T, users []*server.User, logins map[string]login)
 	if n != 1 {
 		t.Errorf("downstream: fetched %d outcomes (%v); want 1", n, batch.Error())
 	}
+	// It reads the session ledger and announces sessions, but writes no entry.
+	if s, err := outcome.Lookup(ctx, down, session); err != nil || s.State != outcome.StateEnriched {
+		t.Errorf("downstream: outcome.Lookup = %+v, %v; want the enriched entry", s, err)
+	}
+	wc, cancelW := context.WithTimeout(ctx, 5*time.Second)
+	if s, err := outcome.Wait(wc, down, session); err != nil || s.State != outcome.StateEnriched {
+		t.Errorf("downstream: outcome.Wait = %+v, %v; want the enriched entry", s, err)
+	}
+	cancelW()
+	if err := outcome.Expect(ctx, down, "default", "0f1e2d3c-0000-4000-8000-000000000a03"); err != nil {
+		t.Errorf("downstream: outcome.Expect: %v", err)
+	}
+	refused("downstream", down, "$KV."+outcome.BucketSessions+"."+outcome.SessionKey(session))
 	refused("downstream", down, subjects.Result("default", "passed"))
 	refused("downstream", down, subjects.Webhook("default", streams.EventCompleted))
 	c, cancelC = context.WithTimeout(ctx, 2*time.Second)
@@ -366,7 +429,7 @@ func checkNATSRoles(t *testing.T, users []*server.User, logins map[string]login)
 	cancelC()
 
 	// Whatever was refused left no trace.
-	for stream, want := range map[string]uint64{streams.Webhooks: 1, streams.Results: 1, streams.DLQ: 1} {
+	for stream, want := range map[string]uint64{streams.Webhooks: 2, streams.Results: 1, streams.DLQ: 1, streams.Expectations: 2, "KV_" + outcome.BucketSessions: 1} {
 		if got := count(stream); got != want {
 			t.Errorf("%s holds %d messages after the refused publishes; want %d", stream, got, want)
 		}

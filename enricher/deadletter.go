@@ -67,6 +67,9 @@ func (e *Enricher) deadLetterSeq(ctx context.Context, adv maxDeliveriesAdvisory)
 		e.log.Error().Err(err).Uint64("seq", adv.StreamSeq).Msg("max deliveries: cannot publish to the DLQ")
 		return
 	}
+	if wh, err := streams.ParseWebhook(raw.Data); err == nil && streams.ValidSessionID(wh.SessionID) {
+		e.deadLettered(ctx, wh.SessionID, source, ReasonMaxDeliveries, adv.Deliveries, 0)
+	}
 	e.m.enrichments.WithLabelValues("dead_lettered", ReasonMaxDeliveries).Inc()
 	e.log.Error().Uint64("seq", raw.Sequence).Str("source", source).Str("decision", "dead_letter").
 		Str("reason", ReasonMaxDeliveries).Int("attempt", adv.Deliveries).Msg("webhook dead-lettered")

@@ -25,6 +25,7 @@ import (
 	"github.com/realeyes/verifeye-bridge/enricher/verifeye"
 	"github.com/realeyes/verifeye-bridge/internal/streams"
 	"github.com/realeyes/verifeye-bridge/internal/tracing"
+	"github.com/realeyes/verifeye-bridge/outcome"
 )
 
 // APIClient fetches a session's result. *verifeye.Client implements it.
@@ -105,9 +106,11 @@ type Enricher struct {
 	opts Options
 	lim  *rate.Limiter
 	m    *metrics
+	ldg  *Ledger
 
 	running   atomic.Bool
 	fetchWarn rate.Sometimes // the "fetch failed" line: every worker fails alike while NATS is away
+	ledgerErr rate.Sometimes // the "ledger write failed" line
 
 	mu       sync.Mutex
 	paused   bool
@@ -129,9 +132,11 @@ func New(js jetstream.JetStream, api APIClient, log zerolog.Logger, opts Options
 	if opts.RateLimit > 0 {
 		lim = rate.NewLimiter(rate.Limit(opts.RateLimit), max(1, int(opts.RateLimit)))
 	}
+	m := newMetrics(opts.Registerer)
 	return &Enricher{
-		js: js, pub: pub, api: api, log: log, opts: opts, lim: lim, m: newMetrics(opts.Registerer),
+		js: js, pub: pub, api: api, log: log, opts: opts, lim: lim, m: m, ldg: NewLedger(js, m.ledgerFailures),
 		fetchWarn: rate.Sometimes{Interval: 10 * time.Second},
+		ledgerErr: rate.Sometimes{Interval: 10 * time.Second},
 		pauseLog:  &rate.Sometimes{Interval: opts.AuthRetry},
 	}
 }
@@ -303,8 +308,11 @@ func (e *Enricher) handle(stop context.Context, msg jetstream.Msg) {
 		if span.IsRecording() {
 			span.SetAttributes(attribute.String("verifeye.session_id", session), attribute.String("verifeye.source", source), attribute.Int("verifeye.attempt", attempt))
 		}
+		if e.received(live, msg, log, source, session) {
+			return // enriched before: acked, no second outcome
+		}
 		var held bool
-		res, d, held, err = e.callStage(stop, live, msg, session, attempt)
+		res, d, held, err = e.callStage(stop, live, msg, session, attempt, reconciled(msg))
 		if !held {
 			return // shutdown during a pause: nakked for later
 		}
@@ -319,6 +327,7 @@ func (e *Enricher) handle(stop context.Context, msg jetstream.Msg) {
 	case Publish:
 		e.publish(settleCtx, msg, meta, log, source, session, res)
 	case Retry:
+		e.attempted(settleCtx, log, session, attempt, d.Status)
 		e.m.enrichments.WithLabelValues("retried", d.Reason).Inc()
 		log.Warn().Err(err).Str("decision", "retry").Int("status", d.Status).Dur("delay", d.Delay).Msg("enrichment will be retried")
 		if nerr := msg.NakWithDelay(d.Delay); nerr != nil {
@@ -326,7 +335,78 @@ func (e *Enricher) handle(stop context.Context, msg jetstream.Msg) {
 		}
 	case DeadLetter:
 		e.deadLetter(settleCtx, msg, meta, source, event, session, d, attempt, detail)
+	case Release:
+		e.release(settleCtx, msg, log, session)
 	}
+}
+
+// reconciled reports whether msg is a webhook the bridge injected for an
+// expected session (outcome.HeaderReconciled).
+func reconciled(msg jetstream.Msg) bool {
+	return msg.Headers().Get(outcome.HeaderReconciled) == "true"
+}
+
+// received writes the session's ledger entry received, unless it is enriched
+// already: then (for a webhook other than a replay) it acks msg and returns
+// true, so a webhook that comes again, however late, makes no API call and
+// no second outcome. A ledger that cannot be read or written does not stop
+// the enrichment (the results stream's de-duplication still holds inside its
+// window); the failure is logged and counted.
+func (e *Enricher) received(ctx context.Context, msg jetstream.Msg, log zerolog.Logger, source, session string) bool {
+	replay := msg.Headers().Get(streams.HeaderReplay) != ""
+	cur, err := e.ldg.Update(ctx, session, func(cur *outcome.Session) *outcome.Session {
+		if cur == nil {
+			return &outcome.Session{SessionID: session, Source: source, State: outcome.StateReceived}
+		}
+		if cur.State == outcome.StateEnriched || cur.State == outcome.StateReceived {
+			return nil
+		}
+		cur.State, cur.Reason = outcome.StateReceived, ""
+		if cur.Source == "" {
+			cur.Source = source
+		}
+		return cur
+	})
+	if err != nil {
+		e.ledgerErr.Do(func() { log.Warn().Err(err).Msg("cannot write the session ledger; enriching anyway") })
+		return false
+	}
+	if cur.State != outcome.StateEnriched || replay {
+		return false
+	}
+	if err := msg.DoubleAck(ctx); err != nil {
+		log.Warn().Err(err).Msg("ack of an already enriched session not confirmed")
+	}
+	e.m.enrichments.WithLabelValues("already_enriched", "").Inc()
+	log.Info().Str("decision", "skip").Msg("session already enriched: webhook acknowledged without an API call")
+	return true
+}
+
+// release acks a reconciled webhook whose session the API does not know yet,
+// without a DLQ entry: the ledger entry goes back to expected, and the
+// reconciler tries again later or marks it abandoned.
+func (e *Enricher) release(ctx context.Context, msg jetstream.Msg, log zerolog.Logger, session string) {
+	_, err := e.ldg.Update(ctx, session, func(cur *outcome.Session) *outcome.Session {
+		if cur == nil || cur.Final() {
+			return nil
+		}
+		cur.State = outcome.StateExpected
+		if cur.ExpectedAt.IsZero() { // nobody expects it: nothing will try again
+			cur.State = outcome.StateAbandoned
+		}
+		return cur
+	})
+	if err != nil {
+		// Not acked: the webhook is delivered again, and the ledger retried.
+		log.Warn().Err(err).Msg("cannot write the session ledger; the reconciled webhook will be retried")
+		_ = msg.NakWithDelay(e.opts.Policy.Backoff(1, rand.Float64()))
+		return
+	}
+	if err := msg.DoubleAck(ctx); err != nil {
+		log.Warn().Err(err).Msg("ack of a released reconciled webhook not confirmed")
+	}
+	e.m.enrichments.WithLabelValues("released", ReasonNotFound).Inc()
+	log.Info().Str("decision", "release").Msg("reconciled session not known to the API yet; the reconciler tries again later")
 }
 
 // callStage calls the API and decides, until the decision is other than Pause.
@@ -334,10 +414,13 @@ func (e *Enricher) handle(stop context.Context, msg jetstream.Msg) {
 // attempt), trying again every AuthRetry; held is false when stop ended the
 // pause, and msg has then been nakked for later. apiErr is the last call's
 // error, which d classifies.
-func (e *Enricher) callStage(stop, live context.Context, msg jetstream.Msg, session string, attempt int) (res *verifeye.Result, d Decision, held bool, apiErr error) {
+func (e *Enricher) callStage(stop, live context.Context, msg jetstream.Msg, session string, attempt int, reconciled bool) (res *verifeye.Result, d Decision, held bool, apiErr error) {
 	for {
 		res, apiErr = e.call(live, msg, session)
 		d = e.opts.Policy.Decide(apiErr, attempt, rand.Float64())
+		if reconciled {
+			d = e.opts.Policy.DecideReconciled(apiErr, attempt, rand.Float64())
+		}
 		if d.Action != Pause {
 			e.resume()
 			return res, d, true, apiErr
@@ -409,7 +492,8 @@ func (e *Enricher) publish(ctx context.Context, msg jetstream.Msg, meta *jetstre
 	// A replayed webhook (verifeye-bridge replay) yields a new, distinguishable
 	// outcome: its ID is not the session ID, so de-duplication keeps it.
 	id := streams.ReplayOutcomeID(session, msg.Headers().Get(streams.HeaderReplay))
-	body, err := MarshalEvent(Outcome{ID: id, SessionID: session, Source: source, Outcome: outcome, ReceivedAt: received, Data: res.Body})
+	rec := reconciled(msg)
+	body, err := MarshalEvent(Outcome{ID: id, SessionID: session, Source: source, Outcome: outcome, ReceivedAt: received, Reconciled: rec, Data: res.Body})
 	if err != nil { // the client checked the body is JSON; defensive
 		e.deadLetter(ctx, msg, meta, source, streams.EventCompleted, session, Decision{Action: DeadLetter, Reason: ReasonInvalidResponse, Status: res.Status}, int(meta.NumDelivered), err.Error())
 		return
@@ -430,6 +514,7 @@ func (e *Enricher) publish(ctx context.Context, msg jetstream.Msg, meta *jetstre
 		_ = msg.NakWithDelay(d)
 		return
 	}
+	e.enriched(ctx, log, source, session, body, ack.Sequence, rec, int(meta.NumDelivered))
 	if err := msg.DoubleAck(ctx); err != nil {
 		// The outcome is stored; a redelivery is de-duplicated by its ID.
 		log.Warn().Err(err).Msg("ack not confirmed; a redelivery will be de-duplicated")
@@ -454,6 +539,9 @@ func (e *Enricher) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jets
 		e.log.Error().Err(err).Str("session_id", session).Str("trace_id", tracing.TraceID(ctx)).Msg("cannot publish to the DLQ; will retry")
 		_ = msg.NakWithDelay(e.opts.Policy.Backoff(attempt, rand.Float64()))
 		return
+	}
+	if session != "" {
+		e.deadLettered(ctx, session, source, d.Reason, attempt, d.Status)
 	}
 	if err := msg.DoubleAck(ctx); err != nil {
 		e.log.Warn().Err(err).Str("session_id", session).Str("trace_id", tracing.TraceID(ctx)).Msg("ack after dead-lettering not confirmed")
@@ -504,5 +592,65 @@ func (e *Enricher) waitUnpaused(ctx context.Context) bool {
 		return true
 	case <-ctx.Done():
 		return false
+	}
+}
+
+// enriched writes the session's ledger entry enriched, with the outcome and
+// its sequence on the results stream, after the outcome's PubAck. An entry
+// enriched before (a replay's second outcome) keeps its first outcome.
+func (e *Enricher) enriched(ctx context.Context, log zerolog.Logger, source, session string, body []byte, seq uint64, rec bool, attempt int) {
+	ev, err := outcome.Decode(body)
+	if err != nil { // the enricher's own encoding; defensive
+		log.Warn().Err(err).Msg("cannot decode the outcome for the session ledger")
+		return
+	}
+	_, err = e.ldg.Update(ctx, session, func(cur *outcome.Session) *outcome.Session {
+		if cur == nil {
+			cur = &outcome.Session{SessionID: session, Source: source}
+		} else if cur.State == outcome.StateEnriched {
+			return nil
+		}
+		cur.State, cur.Outcome, cur.Event, cur.ResultSeq, cur.Reconciled, cur.Reason = outcome.StateEnriched, ev.Outcome, ev, seq, rec, ""
+		cur.APICalls, cur.LastStatus = max(cur.APICalls, attempt), 200
+		return cur
+	})
+	if err != nil {
+		e.ledgerErr.Do(func() { log.Warn().Err(err).Msg("cannot write the session ledger (enriched)") })
+	}
+}
+
+// deadLettered writes the session's ledger entry dead_lettered with the
+// reason, unless it is enriched already.
+func (e *Enricher) deadLettered(ctx context.Context, session, source, reason string, attempt, status int) {
+	_, err := e.ldg.Update(ctx, session, func(cur *outcome.Session) *outcome.Session {
+		if cur == nil {
+			cur = &outcome.Session{SessionID: session, Source: source}
+		} else if cur.State == outcome.StateEnriched {
+			return nil
+		}
+		cur.State, cur.Reason = outcome.StateDeadLettered, reason
+		cur.APICalls, cur.LastStatus = max(cur.APICalls, attempt), status
+		return cur
+	})
+	if err != nil {
+		e.ledgerErr.Do(func() {
+			e.log.Warn().Err(err).Str("session_id", session).Msg("cannot write the session ledger (dead_lettered)")
+		})
+	}
+}
+
+// attempted records a failed attempt that will be retried in the session's
+// ledger entry (the attempt count and the API's last status), for
+// `verifeye-bridge session`. It is skipped for a final entry.
+func (e *Enricher) attempted(ctx context.Context, log zerolog.Logger, session string, attempt, status int) {
+	_, err := e.ldg.Update(ctx, session, func(cur *outcome.Session) *outcome.Session {
+		if cur == nil || cur.Final() {
+			return nil
+		}
+		cur.APICalls, cur.LastStatus = max(cur.APICalls, attempt), status
+		return cur
+	})
+	if err != nil {
+		e.ledgerErr.Do(func() { log.Warn().Err(err).Msg("cannot write the session ledger (attempt)") })
 	}
 }

@@ -42,6 +42,12 @@ type rig struct {
 
 func newRig(t *testing.T) *rig {
 	t.Helper()
+	return newRigLimits(t, streams.DefaultLimits())
+}
+
+// newRigLimits is newRig with the streams under limits l.
+func newRigLimits(t *testing.T, l streams.Limits) *rig {
+	t.Helper()
 	ns := natstest.Start(t)
 	js := ns.JetStream()
 	subjects, err := streams.NewSubjects("verifeye")
@@ -50,7 +56,7 @@ func newRig(t *testing.T) *rig {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := streams.Ensure(ctx, js, subjects, streams.DefaultLimits()); err != nil {
+	if err := streams.Ensure(ctx, js, subjects, l); err != nil {
 		t.Fatalf("streams.Ensure() error = %v", err)
 	}
 	api := verifeyetest.Start(testKey)

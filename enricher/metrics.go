@@ -17,6 +17,8 @@ type metrics struct {
 	latency     prometheus.Histogram
 	paused      prometheus.Gauge
 	inFlight    prometheus.Gauge
+
+	ledgerFailures prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -32,7 +34,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		enrichments: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "verifeye_bridge_enrichments_total",
-			Help: "Enrichment decisions by result (published, duplicate, retried, dead_lettered) and reason.",
+			Help: "Enrichment decisions by result (published, duplicate, already_enriched, retried, released, dead_lettered) and reason.",
 		}, []string{"result", "reason"}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "verifeye_bridge_outcome_latency_seconds",
@@ -47,9 +49,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "verifeye_bridge_enricher_in_flight",
 			Help: "Webhook messages this process has fetched and not yet settled (at most ENRICH_CONCURRENCY); the rest wait in JetStream.",
 		}),
+		ledgerFailures: newLedgerFailures(),
 	}
 	if reg != nil {
 		reg.MustRegister(m.apiCalls, m.apiDuration, m.enrichments, m.latency, m.paused, m.inFlight)
+		m.ledgerFailures = registerShared(reg, m.ledgerFailures)
 	}
 	return m
 }
@@ -66,4 +70,26 @@ func (m *metrics) observeCall(err error, d time.Duration) {
 	}
 	m.apiCalls.WithLabelValues(class).Inc()
 	m.apiDuration.Observe(d.Seconds())
+}
+
+func newLedgerFailures() prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "verifeye_bridge_ledger_write_failures_total",
+		Help: "Writes to the session ledger (VERIFEYE_SESSIONS) that failed, by the enricher or the reconciler.",
+	})
+}
+
+// registerShared registers c, or returns the counter of the same name
+// registered before (the enricher and the reconciler share one).
+func registerShared(reg prometheus.Registerer, c prometheus.Counter) prometheus.Counter {
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(prometheus.Counter); ok {
+				return existing
+			}
+		}
+		panic(err)
+	}
+	return c
 }

@@ -24,6 +24,10 @@ const (
 	// Pause consuming: the API key is refused. Hold the message without burning
 	// its attempts and try again every Options.AuthRetry.
 	Pause
+	// Release a reconciled webhook the API does not know yet: ack it without
+	// a DLQ entry and put its session back to expected, so the reconciler
+	// tries again later (or marks it abandoned after RECONCILE_GIVE_UP).
+	Release
 )
 
 func (a Action) String() string {
@@ -36,6 +40,8 @@ func (a Action) String() string {
 		return "dead_letter"
 	case Pause:
 		return "pause"
+	case Release:
+		return "release"
 	}
 	return "unknown"
 }
@@ -126,6 +132,18 @@ func (p Policy) Decide(err error, attempt int, jitter float64) Decision {
 	default: // 1xx: nothing sensible to publish, maybe a proxy hiccup
 		return p.retry("http_"+strconv.Itoa(s), s, ae.RetryAfter, attempt, jitter)
 	}
+}
+
+// DecideReconciled is Decide for a webhook the bridge injected for an expected
+// session (header Verifeye-Reconciled): a 404 releases it (the person may
+// still be in the flow; the reconciler retries until RECONCILE_GIVE_UP)
+// instead of retrying it and dead-lettering it as not_found.
+func (p Policy) DecideReconciled(err error, attempt int, jitter float64) Decision {
+	var ae *verifeye.APIError
+	if errors.As(err, &ae) && ae.Status == http.StatusNotFound {
+		return Decision{Action: Release, Reason: ReasonNotFound, Status: http.StatusNotFound}
+	}
+	return p.Decide(err, attempt, jitter)
 }
 
 func (p Policy) retry(reason string, status int, retryAfter time.Duration, attempt int, jitter float64) Decision {

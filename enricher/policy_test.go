@@ -109,6 +109,36 @@ func TestPolicyDecide(t *testing.T) {
 	}
 }
 
+// TestPolicyDecideReconciled: a reconciled webhook's 404 releases it (the
+// reconciler retries until RECONCILE_GIVE_UP), on any attempt; every other
+// answer follows Decide.
+func TestPolicyDecideReconciled(t *testing.T) {
+	tests := []struct {
+		name    string
+		err     error
+		attempt int
+		want    enricher.Decision
+	}{
+		{"404", apiErr(404, 0), 1, enricher.Decision{Action: enricher.Release, Reason: enricher.ReasonNotFound, Status: 404}},
+		{"404 past NotFoundAttempts", apiErr(404, 0), 5, enricher.Decision{Action: enricher.Release, Reason: enricher.ReasonNotFound, Status: 404}},
+		{"200", nil, 1, enricher.Decision{Action: enricher.Publish, Status: 200}},
+		{"500", apiErr(500, 0), 2, enricher.Decision{Action: enricher.Retry, Reason: "http_500", Status: 500, Delay: 100 * time.Millisecond}},
+		{"400", apiErr(400, 0), 1, enricher.Decision{Action: enricher.DeadLetter, Reason: enricher.ReasonBadRequest, Status: 400}},
+		{"401", apiErr(401, 0), 1, enricher.Decision{Action: enricher.Pause, Reason: "unauthorized", Status: 401}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := testPolicy.DecideReconciled(tt.err, tt.attempt, 0)
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("DecideReconciled(%v, attempt %d) mismatch (-want +got):\n%s", tt.err, tt.attempt, diff)
+			}
+			if tt.want.Action == enricher.Release && tt.want.Action.String() != "release" {
+				t.Errorf("Release.String() = %q", tt.want.Action.String())
+			}
+		})
+	}
+}
+
 // TestPolicyDecide404LimitedByMaxAttempts: a 404 never outlives MaxAttempts,
 // even when NotFoundAttempts is larger.
 func TestPolicyDecide404LimitedByMaxAttempts(t *testing.T) {

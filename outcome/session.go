@@ -24,8 +24,11 @@ const (
 // Its JSON form, which the bridge writes, is:
 //
 //	{"sessionId":"<id>","source":"<source>","state":"enriched","outcome":"passed",
-//	 "updatedAt":"<RFC 3339>","event":<the outcome's CloudEvent, or null>}
+//	 "updatedAt":"<RFC 3339>","event":<the outcome's CloudEvent, or null>,
+//	 "resultSeq":<n>,"reconciled":true,"reason":"<DLQ reason>",
+//	 "expectedAt":"<RFC 3339>","reconcileAttempts":<n>,"apiCalls":<n>,"lastStatus":<n>}
 //
+// The fields after event are omitted when empty.
 // outcome is "" until the session is enriched; event is null (or absent)
 // until then. Unknown fields are ignored when reading.
 type Session struct {
@@ -35,6 +38,22 @@ type Session struct {
 	Outcome   string
 	UpdatedAt time.Time
 	Event     *Event // the outcome, once enriched
+
+	// ResultSeq is the outcome's sequence on StreamResults, once enriched.
+	ResultSeq uint64
+	// Reconciled reports that the outcome was fetched for an expected session
+	// whose webhook never came.
+	Reconciled bool
+	// Reason is the DLQ reason of a dead_lettered session.
+	Reason string
+	// ExpectedAt is when a service announced the session (Expect), zero if
+	// none did; ReconcileAttempts counts the webhooks the bridge injected for it.
+	ExpectedAt        time.Time
+	ReconcileAttempts int
+	// APICalls counts the enricher's API calls for the session's webhook so
+	// far, LastStatus is the last call's HTTP status (0: no answer).
+	APICalls   int
+	LastStatus int
 }
 
 // Final reports whether the session's state no longer changes by itself:
@@ -54,12 +73,26 @@ type sessionJSON struct {
 	Outcome   string          `json:"outcome"`
 	UpdatedAt time.Time       `json:"updatedAt"`
 	Event     json.RawMessage `json:"event"`
+
+	ResultSeq         uint64     `json:"resultSeq,omitempty"`
+	Reconciled        bool       `json:"reconciled,omitempty"`
+	Reason            string     `json:"reason,omitempty"`
+	ExpectedAt        *time.Time `json:"expectedAt,omitempty"`
+	ReconcileAttempts int        `json:"reconcileAttempts,omitempty"`
+	APICalls          int        `json:"apiCalls,omitempty"`
+	LastStatus        int        `json:"lastStatus,omitempty"`
 }
 
 // MarshalJSON returns the ledger's JSON form of s, with the event in the exact
 // bytes of Marshal.
 func (s *Session) MarshalJSON() ([]byte, error) {
-	j := sessionJSON{SessionID: s.SessionID, Source: s.Source, State: s.State, Outcome: s.Outcome, UpdatedAt: s.UpdatedAt.UTC()}
+	j := sessionJSON{SessionID: s.SessionID, Source: s.Source, State: s.State, Outcome: s.Outcome, UpdatedAt: s.UpdatedAt.UTC(),
+		ResultSeq: s.ResultSeq, Reconciled: s.Reconciled, Reason: s.Reason, ReconcileAttempts: s.ReconcileAttempts,
+		APICalls: s.APICalls, LastStatus: s.LastStatus}
+	if !s.ExpectedAt.IsZero() {
+		t := s.ExpectedAt.UTC()
+		j.ExpectedAt = &t
+	}
 	if s.Event != nil {
 		ev, err := Marshal(s.Event)
 		if err != nil {
@@ -77,7 +110,12 @@ func (s *Session) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &j); err != nil {
 		return fmt.Errorf("outcome: session: %w", err)
 	}
-	*s = Session{SessionID: j.SessionID, Source: j.Source, State: j.State, Outcome: j.Outcome, UpdatedAt: j.UpdatedAt}
+	*s = Session{SessionID: j.SessionID, Source: j.Source, State: j.State, Outcome: j.Outcome, UpdatedAt: j.UpdatedAt,
+		ResultSeq: j.ResultSeq, Reconciled: j.Reconciled, Reason: j.Reason, ReconcileAttempts: j.ReconcileAttempts,
+		APICalls: j.APICalls, LastStatus: j.LastStatus}
+	if j.ExpectedAt != nil {
+		s.ExpectedAt = *j.ExpectedAt
+	}
 	if len(j.Event) > 0 && string(j.Event) != "null" {
 		ev, err := Decode(j.Event)
 		if err != nil {

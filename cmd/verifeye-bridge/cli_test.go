@@ -68,7 +68,8 @@ func binary(t *testing.T) string {
 
 // userEnv is the environment of a user with nothing configured, plus extra.
 func userEnv(extra ...string) []string {
-	return append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}, extra...)
+	// No internal API unless a test asks: parallel processes would all take its default port.
+	return append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"), "API_ADDR=-"}, extra...)
 }
 
 type cliResult struct {

@@ -89,6 +89,7 @@ type commonConfig struct {
 	ResultsMaxBytes  int64         `envconfig:"RESULTS_MAX_BYTES" default:"1073741824" desc:"size of the results stream, at least 1 MiB or -1 (no limit; oldest outcomes go first)"`
 	DLQMaxAge        time.Duration `envconfig:"DLQ_MAX_AGE" default:"720h" desc:"how long the DLQ keeps dead-lettered events: 0 (no limit) or at least STREAM_DUPLICATE_WINDOW"`
 	DLQMaxBytes      int64         `envconfig:"DLQ_MAX_BYTES" default:"268435456" desc:"size of the DLQ stream, at least 1 MiB or -1 (no limit)"`
+	SessionsMaxAge   time.Duration `envconfig:"SESSIONS_MAX_AGE" default:"720h" desc:"how long the session ledger (VERIFEYE_SESSIONS) keeps a session's entry, and so exactly one outcome per session: 1m to 87600h"`
 	ShutdownGrace    time.Duration `envconfig:"SHUTDOWN_GRACE" default:"25s" desc:"how long SIGTERM waits for in-flight requests and enrichments: 1s to 1h"`
 	Logging
 }
@@ -161,6 +162,50 @@ type enrichConfig struct {
 	NotFoundDelay    time.Duration `envconfig:"ENRICH_NOT_FOUND_DELAY" default:"15s" desc:"retry delay after a 404 (the result may lag): 1ms to 24h"`
 	NotFoundAttempts int           `envconfig:"ENRICH_NOT_FOUND_ATTEMPTS" default:"5" desc:"404 answers before the event goes to the DLQ as not_found: 1 to 1000"`
 	AuthRetry        time.Duration `envconfig:"ENRICH_AUTH_RETRY" default:"30s" desc:"while the API answers 401/403, how often to try again (consuming is paused): 1ms to 1h"`
+	ReconcileAfter   time.Duration `envconfig:"RECONCILE_AFTER" default:"5m" desc:"how long after an expectation without a webhook the bridge injects the webhook itself: 1s to 24h"`
+	ReconcileGiveUp  time.Duration `envconfig:"RECONCILE_GIVE_UP" default:"24h" desc:"how long after the expectation a session the API does not know (404) is tried before it is marked abandoned: RECONCILE_AFTER to SESSIONS_MAX_AGE"`
+}
+
+// internalAPIConfig is read by serve, enrich and dev: the internal API over
+// the session ledger.
+type internalAPIConfig struct {
+	APIAddr  string `envconfig:"API_ADDR" default:"127.0.0.1:8081" desc:"listen address of the internal API (GET /v1/sessions/{id}, PUT /v1/sessions/{id}/expect); '-' for none; never the public ingest listener"`
+	APIToken secret `envconfig:"API_TOKEN" desc:"bearer token the internal API requires (Authorization: Bearer <token>): at least 16 printable ASCII characters; required when API_ADDR is not a loopback address"`
+}
+
+func (c internalAPIConfig) validate() error {
+	if c.APIAddr == "-" {
+		return nil
+	}
+	if err := checkHostPort("API_ADDR", c.APIAddr); err != nil {
+		return err
+	}
+	if tok := c.APIToken.value(); tok != "" {
+		if len(tok) < minTokenLen || len(tok) > maxSecretLen {
+			return fmt.Errorf("API_TOKEN: must be %d to %d characters", minTokenLen, maxSecretLen)
+		}
+		for i := 0; i < len(tok); i++ {
+			if tok[i] <= ' ' || tok[i] > '~' {
+				return errors.New("API_TOKEN: must be printable ASCII without spaces")
+			}
+		}
+	} else if !isLoopbackAddr(c.APIAddr) {
+		return fmt.Errorf("API_TOKEN: required when API_ADDR (%s) is not a loopback address", c.APIAddr)
+	}
+	return nil
+}
+
+// isLoopbackAddr reports whether host:port addr listens on loopback only.
+func isLoopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // Ranges of the settings, where a bound is not a single use's.
@@ -308,6 +353,7 @@ func (c commonConfig) validate() error {
 		checkStreamBytes("RESULTS_MAX_BYTES", c.ResultsMaxBytes),
 		c.checkMaxAge("DLQ_MAX_AGE", c.DLQMaxAge),
 		checkStreamBytes("DLQ_MAX_BYTES", c.DLQMaxBytes),
+		inRange("SESSIONS_MAX_AGE", c.SessionsMaxAge, time.Minute, 87600*time.Hour),
 		inRange("SHUTDOWN_GRACE", c.ShutdownGrace, time.Second, time.Hour),
 		intInRange("HTTP_MAX_CONNS", c.HTTPMaxConns, 1, 1<<20),
 		c.Logging.validate(),
@@ -325,6 +371,7 @@ func (c commonConfig) limits() streams.Limits {
 		ResultsMaxBytes:  c.ResultsMaxBytes,
 		DLQMaxAge:        c.DLQMaxAge,
 		DLQMaxBytes:      c.DLQMaxBytes,
+		SessionsMaxAge:   c.SessionsMaxAge,
 	}
 }
 
@@ -549,6 +596,8 @@ func (c enrichConfig) validate() error {
 		inRange("ENRICH_NOT_FOUND_DELAY", c.NotFoundDelay, time.Millisecond, 24*time.Hour),
 		intInRange("ENRICH_NOT_FOUND_ATTEMPTS", c.NotFoundAttempts, 1, maxAttempts),
 		inRange("ENRICH_AUTH_RETRY", c.AuthRetry, time.Millisecond, time.Hour),
+		inRange("RECONCILE_AFTER", c.ReconcileAfter, time.Second, 24*time.Hour),
+		inRange("RECONCILE_GIVE_UP", c.ReconcileGiveUp, c.ReconcileAfter, 87600*time.Hour),
 	)
 }
 

@@ -36,10 +36,12 @@ func envNames(specs ...any) []string {
 // variables the program reads; the test's end restores the old one.
 func setEnv(t *testing.T, env map[string]string) {
 	t.Helper()
-	for _, name := range envNames(&commonConfig{}, &embeddedConfig{}, &ingestConfig{}, &apiConfig{}, &enrichConfig{}, &observeConfig{}, &simulatorConfig{}, &toolConfig{}) {
+	for _, name := range envNames(&commonConfig{}, &embeddedConfig{}, &ingestConfig{}, &apiConfig{}, &enrichConfig{}, &observeConfig{}, &simulatorConfig{}, &toolConfig{}, &internalAPIConfig{}) {
 		t.Setenv(name, "")
 		os.Unsetenv(name)
 	}
+	// No internal API unless a test asks: its default port may be taken.
+	t.Setenv("API_ADDR", "-")
 	for k, v := range env {
 		t.Setenv(k, v)
 	}
@@ -128,6 +130,17 @@ func TestConfigErrors(t *testing.T) {
 		{"serve", map[string]string{"ENRICH_NOT_FOUND_ATTEMPTS": "0"}, "ENRICH_NOT_FOUND_ATTEMPTS"},
 		{"serve", map[string]string{"ENRICH_AUTH_RETRY": "0s"}, "ENRICH_AUTH_RETRY"},
 		{"serve", map[string]string{"ENRICH_AUTH_RETRY": "100h"}, "ENRICH_AUTH_RETRY"},
+		{"serve", map[string]string{"RECONCILE_AFTER": "0s"}, "RECONCILE_AFTER"},
+		{"serve", map[string]string{"RECONCILE_AFTER": "48h"}, "RECONCILE_AFTER"},
+		{"serve", map[string]string{"RECONCILE_AFTER": "10m", "RECONCILE_GIVE_UP": "5m"}, "RECONCILE_GIVE_UP"},
+		{"serve", map[string]string{"RECONCILE_GIVE_UP": "1000h"}, "RECONCILE_GIVE_UP"}, // past SESSIONS_MAX_AGE
+		{"serve", map[string]string{"SESSIONS_MAX_AGE": "10s"}, "SESSIONS_MAX_AGE"},
+		{"serve", map[string]string{"API_ADDR": "0.0.0.0:8081"}, "API_TOKEN"},
+		{"serve", map[string]string{"API_ADDR": ":8081"}, "API_TOKEN"},
+		{"enrich", map[string]string{"NATS_URL": noNATS, "API_ADDR": "10.0.0.1:8081"}, "API_TOKEN"},
+		{"serve", map[string]string{"API_ADDR": "127.0.0.1:8081", "API_TOKEN": "short"}, "API_TOKEN"},
+		{"serve", map[string]string{"API_ADDR": "8081"}, "API_ADDR"},
+		{"serve", map[string]string{"API_ADDR": ":8080", "HTTP_ADDR": ":8080", "API_TOKEN": token}, "API_ADDR"},
 		{"serve", map[string]string{"METRICS_SAMPLE_INTERVAL": "-1s"}, "METRICS_SAMPLE_INTERVAL"},
 		{"serve", map[string]string{"METRICS_SAMPLE_INTERVAL": "1ms"}, "METRICS_SAMPLE_INTERVAL"},
 		{"dev", map[string]string{"VERIFEYE_API_KEY": "secret-key\t"}, "VERIFEYE_API_KEY"},
@@ -180,7 +193,7 @@ func TestConfigErrors(t *testing.T) {
 			if strings.Count(msg, "\n") != 1 || !strings.Contains(msg, ": "+tc.wantVar+":") {
 				t.Errorf("%s with %s: stderr %q, want one line naming %s", tc.cmd, strings.Join(name, " "), msg, tc.wantVar)
 			}
-			for _, secretVar := range []string{"VERIFEYE_API_KEY", "WEBHOOK_TOKEN"} {
+			for _, secretVar := range []string{"VERIFEYE_API_KEY", "WEBHOOK_TOKEN", "API_TOKEN"} {
 				if v := strings.TrimSpace(env[secretVar]); len(v) > 3 && strings.Contains(msg, v) {
 					t.Errorf("%s with %s: stderr %q repeats %s", tc.cmd, strings.Join(name, " "), msg, secretVar)
 				}

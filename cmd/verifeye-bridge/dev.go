@@ -22,7 +22,7 @@ import (
 // cmdDev runs serve against a built-in VerifEye simulator on loopback, with
 // embedded NATS, and needs no configuration at all. It never calls the real API.
 func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cfg := serviceConfig{name: "dev", embedded: &embeddedConfig{}, ingest: &ingestConfig{}, api: &apiConfig{}, enrich: &enrichConfig{}}
+	cfg := serviceConfig{name: "dev", embedded: &embeddedConfig{}, ingest: &ingestConfig{}, api: &apiConfig{}, enrich: &enrichConfig{}, internal: &internalAPIConfig{}}
 	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
 	if err := parseFlags(fs, args, stdout,
 		"Try the whole pipeline on this machine with no account and no configuration:\n"+
@@ -30,7 +30,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			"simulator on loopback. VERIFEYE_API_URL is ignored: dev never calls the real\n"+
 			"API. VERIFEYE_API_KEY is the simulator's key and the webhook key; without it a\n"+
 			"key is generated and printed. HTTP_ADDR defaults to 127.0.0.1:8080, LOG_FORMAT\n"+
-			"to console and LOG_LEVEL to warn. The session ID picks the outcome: see send.",
+			"to console, LOG_LEVEL to warn and RECONCILE_AFTER to 20s. The session ID picks the outcome: see send.",
 		"verifeye-bridge dev", cfg.specs()...); err != nil {
 		return err
 	}
@@ -47,6 +47,8 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		"HTTP_ADDR":  func() { cfg.common.HTTPAddr = "127.0.0.1:8080" },
 		"LOG_FORMAT": func() { cfg.common.LogFormat = "console" },
 		"LOG_LEVEL":  func() { cfg.common.LogLevel = "warn" },
+		// Reconciliation within a demo's patience.
+		"RECONCILE_AFTER": func() { cfg.enrich.ReconcileAfter = 20 * time.Second },
 	} {
 		if _, ok := os.LookupEnv(env); !ok {
 			set()
@@ -221,6 +223,18 @@ func devBanner(w io.Writer, cfg serviceConfig, addr, key string, generated bool)
 	fmt.Fprintf(&b, "  …-404404…   never found: retried, then dead-lettered (%s dlq list)\n", self)
 	fmt.Fprintf(&b, "  …-500500…   API error 500: retried with backoff, then dead-lettered\n")
 	fmt.Fprintf(&b, "  any other   passed or failed, decided by a hash of the ID\n")
+	if cfg.internal != nil && cfg.internal.APIAddr != "-" {
+		apiBase := "http://" + loopbackAddr(cfg.internal.APIAddr)
+		auth := ""
+		if cfg.internal.APIToken != "" {
+			auth = ` -H "Authorization: Bearer $API_TOKEN"`
+		}
+		fmt.Fprintf(&b, "Sessions (internal API on %s):\n", apiBase)
+		fmt.Fprintf(&b, "  %s session <id>                      the whole path of a session\n", self)
+		fmt.Fprintf(&b, "  curl%s '%s/v1/sessions/<id>?wait=30s'   its outcome, as soon as it exists\n", auth, apiBase)
+		fmt.Fprintf(&b, "  %s --forget 3   expect 3 sessions and \"forget\" their webhooks:\n", sendCmd)
+		fmt.Fprintf(&b, "                 the bridge reconciles them after RECONCILE_AFTER (%v)\n", cfg.enrich.ReconcileAfter)
+	}
 	fmt.Fprintf(&b, "Stop with Ctrl-C.\n")
 	_, _ = io.WriteString(w, b.String())
 }

@@ -48,6 +48,8 @@ func commands() []command {
 		{"watch", "print outcomes as they arrive on the results stream", cmdWatch},
 		{"dlq", "list and replay dead-lettered webhooks", cmdDLQ},
 		{"replay", "re-enrich the webhooks of a time window (new outcomes)", cmdReplay},
+		{"session", "print a session's whole path: webhooks, DLQ entries, outcome, ledger state", cmdSession},
+		{"expect", "announce a session, so its outcome is fetched even if its webhook never comes", cmdExpect},
 		{"healthcheck", "exit 0 if the service on HTTP_ADDR is ready (the image's HEALTHCHECK)", cmdHealthcheck},
 		{"simulator", "serve a stand-in VerifEye API (demos and compose; never production)", cmdSimulator},
 		{"version", "print the version", cmdVersion},

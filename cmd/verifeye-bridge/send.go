@@ -34,14 +34,19 @@ func cmdSend(ctx context.Context, args []string, stdout, _ io.Writer) error {
 	count := fs.Int("count", 1, "how many webhooks to send")
 	perSec := fs.Float64("rate", 10, "webhooks per second when --count > 1 (0: as fast as possible)")
 	timeout := fs.Duration("timeout", 10*time.Second, "timeout of each request")
+	forget := fs.Int("forget", 0, "also expect this many new sessions through the internal API and \"forget\" to post their webhooks, as a lost webhook would: the bridge reconciles them after RECONCILE_AFTER")
+	apiURL := fs.String("api-url", "http://127.0.0.1:8081", "the internal API's base URL (API_ADDR), for --forget")
+	apiToken := fs.String("api-token", "", "bearer token of the internal API, for --forget (default: $API_TOKEN)")
 	if err := parseFlags(fs, args, stdout,
 		"Post a sample VerifEye webhook to a running bridge and print each answer\n(status and body, one line per request); with --count, then a summary.\nExits 1 when any request failed.\n\nThe session ID's last group picks the simulator's answer in `dev`: ...-0000...\npasses, ...-fa11ed... fails, ...-404404... is never found (DLQ).",
 		"verifeye-bridge send --url http://127.0.0.1:8080 --api-key $VERIFEYE_API_KEY --count 20 --rate 5"); err != nil {
 		return err
 	}
 	switch {
-	case *count < 1:
-		return usagef("--count %d: must be at least 1", *count)
+	case *count < 1 && !(*count == 0 && *forget > 0):
+		return usagef("--count %d: must be at least 1 (or 0 with --forget)", *count)
+	case *forget < 0 || *forget > 10000:
+		return usagef("--forget %d: must be 0 to 10000", *forget)
 	case *perSec < 0:
 		return usagef("--rate %v: must not be negative", *perSec)
 	case *timeout <= 0:
@@ -71,6 +76,17 @@ func cmdSend(ctx context.Context, args []string, stdout, _ io.Writer) error {
 	lim := rate.NewLimiter(rate.Inf, 1)
 	if *perSec > 0 {
 		lim = rate.NewLimiter(rate.Limit(*perSec), 1)
+	}
+	if *forget > 0 {
+		if *apiToken == "" {
+			*apiToken = os.Getenv("API_TOKEN")
+		}
+		if err := expectForgotten(ctx, s.client, *apiURL, *apiToken, *source, *forget, stdout); err != nil {
+			return err
+		}
+		if *count == 0 {
+			return nil
+		}
 	}
 	start := time.Now()
 	g, gctx := errgroup.WithContext(ctx)
@@ -192,5 +208,40 @@ func (s *sender) send(ctx context.Context, sessionID string) error {
 	}
 	// The answer is the server's: escaped (a newline in it becomes a space first).
 	printLine(s.out, "%d %s", resp.StatusCode, strings.TrimSpace(strings.ReplaceAll(string(answer), "\n", " ")))
+	return nil
+}
+
+// expectForgotten announces n new sessions through the internal API at
+// apiURL, and posts none of their webhooks.
+func expectForgotten(ctx context.Context, client *http.Client, apiURL, token, source string, n int, out io.Writer) error {
+	u, err := url.Parse(apiURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return usagef("--api-url %q: want http(s)://host:port", apiURL)
+	}
+	body, _ := json.Marshal(map[string]string{"source": source})
+	for range n {
+		id := newSessionID()
+		req, err := http.NewRequestWithContext(ctx, http.MethodPut, strings.TrimRight(u.String(), "/")+"/v1/sessions/"+id+"/expect", bytes.NewReader(body))
+		if err != nil {
+			return fmt.Errorf("request: %w", err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				return fmt.Errorf("no internal API listening at %s (API_ADDR of serve or dev)", apiURL)
+			}
+			return fmt.Errorf("expect %s: %w", id, errors.Unwrap(err))
+		}
+		answer, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			return fmt.Errorf("expect %s: %d %s", id, resp.StatusCode, strings.TrimSpace(string(answer)))
+		}
+		printLine(out, "expected %s, webhook forgotten: the bridge reconciles it", id)
+	}
 	return nil
 }

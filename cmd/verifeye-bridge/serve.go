@@ -26,6 +26,7 @@ import (
 	"github.com/realeyes/verifeye-bridge/enricher"
 	"github.com/realeyes/verifeye-bridge/enricher/verifeye"
 	"github.com/realeyes/verifeye-bridge/internal/ops"
+	"github.com/realeyes/verifeye-bridge/internal/sessionapi"
 	"github.com/realeyes/verifeye-bridge/internal/spool"
 	"github.com/realeyes/verifeye-bridge/internal/streams"
 )
@@ -40,8 +41,9 @@ type serviceConfig struct {
 	spool    *spoolConfig    // serve, ingest: with NATS_URL set
 	dataDir  *dataDirConfig  // ingest: DATA_DIR (serve reads it in embedded)
 	api      *apiConfig
-	enrich   *enrichConfig // serve, dev, enrich
-	observe  observeConfig // METRICS_SAMPLE_INTERVAL, OTEL_*
+	enrich   *enrichConfig      // serve, dev, enrich
+	internal *internalAPIConfig // serve, dev, enrich: API_ADDR, API_TOKEN
+	observe  observeConfig      // METRICS_SAMPLE_INTERVAL, OTEL_*
 }
 
 // serviceDeps are what a service is given rather than configured with: dev
@@ -52,12 +54,15 @@ type serviceDeps struct {
 	client enricher.APIClient
 	// onReady, when set, is called once the service is serving.
 	onReady func(httpAddr string)
+	// onAPIReady, when set, is called with the internal API's address once it
+	// is serving.
+	onAPIReady func(apiAddr string)
 	// spanExporter, when set, turns tracing on and receives every span.
 	spanExporter sdktrace.SpanExporter
 }
 
 func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cfg := serviceConfig{name: "serve", embedded: &embeddedConfig{}, ingest: &ingestConfig{}, spool: &spoolConfig{}, api: &apiConfig{}, enrich: &enrichConfig{}}
+	cfg := serviceConfig{name: "serve", embedded: &embeddedConfig{}, ingest: &ingestConfig{}, spool: &spoolConfig{}, api: &apiConfig{}, enrich: &enrichConfig{}, internal: &internalAPIConfig{}}
 	return runService(ctx, cfg, args, stdout, stderr,
 		"Run the webhook ingest and the enricher in one process. With NATS_URL empty it\nstarts an embedded NATS server with JetStream, storing under DATA_DIR.",
 		"VERIFEYE_API_KEY=... verifeye-bridge serve")
@@ -71,7 +76,7 @@ func cmdIngest(ctx context.Context, args []string, stdout, stderr io.Writer) err
 }
 
 func cmdEnrich(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cfg := serviceConfig{name: "enrich", api: &apiConfig{}, enrich: &enrichConfig{}}
+	cfg := serviceConfig{name: "enrich", api: &apiConfig{}, enrich: &enrichConfig{}, internal: &internalAPIConfig{}}
 	return runService(ctx, cfg, args, stdout, stderr,
 		"Run the enricher alone against NATS_URL; it serves /healthz, /readyz and\n/metrics on HTTP_ADDR. Replicas share one durable consumer.",
 		"NATS_URL=nats://nats:4222 VERIFEYE_API_KEY=... verifeye-bridge enrich")
@@ -96,6 +101,9 @@ func (c *serviceConfig) specs() []any {
 	}
 	if c.enrich != nil {
 		specs = append(specs, c.enrich)
+	}
+	if c.internal != nil {
+		specs = append(specs, c.internal)
 	}
 	return specs
 }
@@ -137,7 +145,20 @@ func (c *serviceConfig) load() error {
 		})
 	}
 	if c.enrich != nil {
-		check = append(check, c.enrich.validate)
+		check = append(check, c.enrich.validate, func() error {
+			if c.enrich.ReconcileGiveUp > c.common.SessionsMaxAge {
+				return fmt.Errorf("RECONCILE_GIVE_UP: %v is longer than SESSIONS_MAX_AGE (%v)", c.enrich.ReconcileGiveUp, c.common.SessionsMaxAge)
+			}
+			return nil
+		})
+	}
+	if c.internal != nil {
+		check = append(check, c.internal.validate, func() error {
+			if c.internal.APIAddr != "-" && c.internal.APIAddr == c.common.HTTPAddr {
+				return errors.New("API_ADDR: must differ from HTTP_ADDR (the internal API is never on the public listener)")
+			}
+			return nil
+		})
 	}
 	for _, f := range check {
 		if err := f(); err != nil {
@@ -320,6 +341,50 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 			}
 			return enr.Run(gctx)
 		})
+		rec := enricher.NewReconciler(js, log.With().Str("component", "reconciler").Logger(), enricher.ReconcileOptions{
+			Subjects:   subjects,
+			After:      cfg.enrich.ReconcileAfter,
+			GiveUp:     cfg.enrich.ReconcileGiveUp,
+			Registerer: reg,
+		})
+		g.Go(func() error {
+			select {
+			case <-streamsReady:
+			case <-gctx.Done():
+				return nil
+			}
+			return rec.Run(gctx)
+		})
+	}
+
+	// The internal API, on a listener of its own (API_ADDR), never the
+	// public one.
+	var apiSrv *http.Server
+	var apiLn net.Listener
+	if cfg.internal != nil && cfg.internal.APIAddr != "-" {
+		apiLn, err = net.Listen("tcp", cfg.internal.APIAddr)
+		if err != nil {
+			ln.Close()
+			return usageError{fmt.Errorf("API_ADDR: %w", err)}
+		}
+		sapi := sessionapi.New(js, sessionapi.Options{Token: cfg.internal.APIToken.value(), Prefix: subjects.Prefix(),
+			Log: log.With().Str("component", "api").Logger()})
+		g.Go(func() error { return sapi.Run(gctx) })
+		apiSrv = newHTTPServer(sapi, log)
+		apiSrv.WriteTimeout = sessionapi.MaxWait + 10*time.Second // long polls
+		apiLn = netutil.LimitListener(apiLn, cfg.common.HTTPMaxConns)
+		g.Go(func() error {
+			// Once the ledger exists: until then connections wait to be accepted.
+			select {
+			case <-streamsReady:
+			case <-gctx.Done():
+			}
+			err := apiSrv.Serve(apiLn)
+			if errors.Is(err, http.ErrServerClosed) {
+				return nil
+			}
+			return fmt.Errorf("api: %w", err)
+		})
 	}
 
 	var webhooks http.Handler // nil: the enricher alone serves no webhook route
@@ -366,6 +431,10 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 		defer cancel()
 		// Stop accepting and finish in-flight requests first; the enricher
 		// finishes its in-flight work on its own (its Run returns when done).
+		if apiSrv != nil {
+			// Long polls end with the server: answer them now.
+			_ = apiSrv.Close()
+		}
 		if err := srv.Shutdown(c); err != nil {
 			return fmt.Errorf("http shutdown: %w", err)
 		}
@@ -385,6 +454,12 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 	})
 	log.Info().Str("http_addr", ln.Addr().String()).Bool("ingest", cfg.ingest != nil).
 		Bool("enrich", cfg.enrich != nil).Str("version", version).Msg("verifeye-bridge started")
+	if apiLn != nil {
+		log.Info().Str("api_addr", apiLn.Addr().String()).Bool("token", cfg.internal.APIToken != "").Msg("internal API listening")
+		if deps.onAPIReady != nil {
+			deps.onAPIReady(apiLn.Addr().String())
+		}
+	}
 	if deps.onReady != nil {
 		deps.onReady(ln.Addr().String())
 	}

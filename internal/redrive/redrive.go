@@ -181,3 +181,10 @@ func scan(ctx context.Context, st jetstream.Stream, cfg jetstream.OrderedConsume
 		}
 	}
 }
+
+// Scan calls fn for every message of st on the subjects filter (all when
+// empty), oldest first, up to the stream's last sequence when it starts, with
+// an ephemeral ordered consumer. It returns fn's first error.
+func Scan(ctx context.Context, st jetstream.Stream, filter []string, fn func(jetstream.Msg, *jetstream.MsgMetadata) error) error {
+	return scan(ctx, st, jetstream.OrderedConsumerConfig{FilterSubjects: filter}, fn)
+}

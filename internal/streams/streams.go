@@ -252,6 +252,8 @@ type Limits struct {
 	ResultsMaxBytes  int64
 	DLQMaxAge        time.Duration
 	DLQMaxBytes      int64
+	// SessionsMaxAge is how long the session ledger keeps an entry (SESSIONS_MAX_AGE).
+	SessionsMaxAge time.Duration
 }
 
 // DefaultLimits returns the defaults of the documented settings.
@@ -265,6 +267,7 @@ func DefaultLimits() Limits {
 		ResultsMaxBytes:  1 << 30,
 		DLQMaxAge:        30 * 24 * time.Hour,
 		DLQMaxBytes:      256 << 20,
+		SessionsMaxAge:   720 * time.Hour,
 	}
 }
 
@@ -280,6 +283,8 @@ func Configs(s Subjects, l Limits) []jetstream.StreamConfig {
 		}
 		return l.Duplicates
 	}
+	exp := outcome.ExpectationsStreamConfig(s.Prefix(), l.Replicas)
+	exp.Duplicates = dup(exp.MaxAge)
 	return []jetstream.StreamConfig{{
 		Name:        Webhooks,
 		Description: "VerifEye webhooks as received (verifeye-bridge)",
@@ -319,11 +324,26 @@ func Configs(s Subjects, l Limits) []jetstream.StreamConfig {
 		Discard:     jetstream.DiscardOld,
 		Duplicates:  dup(l.DLQMaxAge),
 		AllowDirect: true,
-	}}
+	}, exp}
 }
 
-// Ensure creates the three streams or updates them to the configurations of
-// Configs. It is idempotent and safe to call from many replicas at once.
+// Expectations and Sessions are the stream of expectations and the key-value
+// bucket of the session ledger.
+const (
+	Expectations = outcome.StreamExpectations
+	Sessions     = outcome.BucketSessions
+)
+
+// SessionsConfig returns the configuration of the session ledger's bucket.
+func SessionsConfig(l Limits) jetstream.KeyValueConfig {
+	if l.SessionsMaxAge <= 0 {
+		l.SessionsMaxAge = DefaultLimits().SessionsMaxAge
+	}
+	return outcome.SessionsBucketConfig(l.SessionsMaxAge, max(l.Replicas, 1))
+}
+
+// Ensure creates the streams and the session ledger's bucket or updates them
+// to the configurations of Configs and SessionsConfig. It is idempotent and safe to call from many replicas at once.
 //
 // Each stream gets attempts of at most AttemptTimeout: when several replicas
 // create the same clustered stream at once, nats-server answers only the one
@@ -343,7 +363,17 @@ func Ensure(ctx context.Context, js jetstream.JetStream, s Subjects, l Limits) e
 			}
 		}
 	}
-	return nil
+	for attempt := 1; ; attempt++ {
+		c, cancel := context.WithTimeout(ctx, AttemptTimeout)
+		_, err := js.CreateOrUpdateKeyValue(c, SessionsConfig(l))
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil || attempt == 3 || !errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("streams: create or update bucket %s: %w", Sessions, err)
+		}
+	}
 }
 
 // AttemptTimeout bounds one create-or-update request of Ensure.

@@ -156,8 +156,8 @@ func TestConfigs(t *testing.T) {
 	for _, c := range cfgs {
 		byName[c.Name] = c
 	}
-	if len(byName) != 3 {
-		t.Fatalf("Configs returned %d streams, want 3", len(cfgs))
+	if len(byName) != 4 {
+		t.Fatalf("Configs returned %d streams, want 4", len(cfgs))
 	}
 	w := byName[streams.Webhooks]
 	if w.Duplicates != 30*time.Minute {
