@@ -611,7 +611,7 @@ func (e *Enricher) enriched(ctx context.Context, log zerolog.Logger, source, ses
 			return nil
 		}
 		cur.State, cur.Outcome, cur.Event, cur.ResultSeq, cur.Reconciled, cur.Reason = outcome.StateEnriched, ev.Outcome, ev, seq, rec, ""
-		cur.APICalls, cur.LastStatus = max(cur.APICalls, attempt), 200
+		cur.AddCall(attempt, 200, time.Now())
 		return cur
 	})
 	if err != nil {
@@ -629,7 +629,7 @@ func (e *Enricher) deadLettered(ctx context.Context, session, source, reason str
 			return nil
 		}
 		cur.State, cur.Reason = outcome.StateDeadLettered, reason
-		cur.APICalls, cur.LastStatus = max(cur.APICalls, attempt), status
+		cur.AddCall(attempt, status, time.Now())
 		return cur
 	})
 	if err != nil {
@@ -647,7 +647,7 @@ func (e *Enricher) attempted(ctx context.Context, log zerolog.Logger, session st
 		if cur == nil || cur.Final() {
 			return nil
 		}
-		cur.APICalls, cur.LastStatus = max(cur.APICalls, attempt), status
+		cur.AddCall(attempt, status, time.Now())
 		return cur
 	})
 	if err != nil {

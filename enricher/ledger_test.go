@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -146,5 +147,15 @@ func TestLedgerDeadLettered(t *testing.T) {
 	got = r.waitState(s2, outcome.StateEnriched, 10*time.Second)
 	if got.APICalls != 3 || got.LastStatus != 200 {
 		t.Errorf("ledger = %+v, want 3 attempts, the last 200", got)
+	}
+	var statuses []int
+	for _, a := range got.Calls {
+		statuses = append(statuses, a.Status)
+		if a.At.IsZero() {
+			t.Errorf("call %+v has no time", a)
+		}
+	}
+	if want := []int{500, 503, 200}; !slices.Equal(statuses, want) {
+		t.Errorf("ledger calls' statuses = %v, want %v", statuses, want)
 	}
 }

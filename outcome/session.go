@@ -54,6 +54,32 @@ type Session struct {
 	// far, LastStatus is the last call's HTTP status (0: no answer).
 	APICalls   int
 	LastStatus int
+	// Calls are the enricher's API calls for the session, oldest first: when
+	// each answered and with what status (the last MaxCallsKept).
+	Calls []Call
+}
+
+// Call is one Get Session Result call the enricher made for a session.
+type Call struct {
+	At     time.Time `json:"at"`
+	Status int       `json:"status"` // the HTTP status; 0 when no answer came
+}
+
+// MaxCallsKept bounds Session.Calls: the oldest go first.
+const MaxCallsKept = 20
+
+// AddCall records the API call number n (1 for the first) of the session
+// with its status, unless the entry has it already (a redelivered message
+// repeats its number). It keeps APICalls, LastStatus and Calls in step.
+func (s *Session) AddCall(n, status int, at time.Time) {
+	if n <= s.APICalls {
+		return
+	}
+	s.APICalls, s.LastStatus = n, status
+	s.Calls = append(s.Calls, Call{At: at.UTC(), Status: status})
+	if len(s.Calls) > MaxCallsKept {
+		s.Calls = append([]Call(nil), s.Calls[len(s.Calls)-MaxCallsKept:]...)
+	}
 }
 
 // Final reports whether the session's state no longer changes by itself:
@@ -81,6 +107,7 @@ type sessionJSON struct {
 	ReconcileAttempts int        `json:"reconcileAttempts,omitempty"`
 	APICalls          int        `json:"apiCalls,omitempty"`
 	LastStatus        int        `json:"lastStatus,omitempty"`
+	Calls             []Call     `json:"calls,omitempty"`
 }
 
 // MarshalJSON returns the ledger's JSON form of s, with the event in the exact
@@ -88,7 +115,7 @@ type sessionJSON struct {
 func (s *Session) MarshalJSON() ([]byte, error) {
 	j := sessionJSON{SessionID: s.SessionID, Source: s.Source, State: s.State, Outcome: s.Outcome, UpdatedAt: s.UpdatedAt.UTC(),
 		ResultSeq: s.ResultSeq, Reconciled: s.Reconciled, Reason: s.Reason, ReconcileAttempts: s.ReconcileAttempts,
-		APICalls: s.APICalls, LastStatus: s.LastStatus}
+		APICalls: s.APICalls, LastStatus: s.LastStatus, Calls: s.Calls}
 	if !s.ExpectedAt.IsZero() {
 		t := s.ExpectedAt.UTC()
 		j.ExpectedAt = &t
@@ -112,7 +139,7 @@ func (s *Session) UnmarshalJSON(b []byte) error {
 	}
 	*s = Session{SessionID: j.SessionID, Source: j.Source, State: j.State, Outcome: j.Outcome, UpdatedAt: j.UpdatedAt,
 		ResultSeq: j.ResultSeq, Reconciled: j.Reconciled, Reason: j.Reason, ReconcileAttempts: j.ReconcileAttempts,
-		APICalls: j.APICalls, LastStatus: j.LastStatus}
+		APICalls: j.APICalls, LastStatus: j.LastStatus, Calls: j.Calls}
 	if j.ExpectedAt != nil {
 		s.ExpectedAt = *j.ExpectedAt
 	}

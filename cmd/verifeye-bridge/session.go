@@ -254,6 +254,16 @@ func printStory(w io.Writer, s *sessionStory) {
 	if s.Ledger != nil && !s.Ledger.ExpectedAt.IsZero() {
 		s.add(s.Ledger.ExpectedAt, "expected  (announced with expect)")
 	}
+	if s.Ledger != nil {
+		first := s.Ledger.APICalls - len(s.Ledger.Calls) + 1
+		for i, a := range s.Ledger.Calls {
+			status := "no answer"
+			if a.Status != 0 {
+				status = fmt.Sprintf("HTTP %d", a.Status)
+			}
+			s.add(a.At, fmt.Sprintf("API call  %d: Get Session Result answered %s", first+i, status))
+		}
+	}
 	sort.SliceStable(s.events, func(i, j int) bool { return s.events[i].t.Before(s.events[j].t) })
 	for _, e := range s.events {
 		printLine(w, "  %s  %s", e.t.Local().Format("2006-01-02 15:04:05.000"), e.text)
