@@ -18,14 +18,11 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
+	"github.com/realeyes/verifeye-bridge/examples/internal/exampleconn"
 	"github.com/realeyes/verifeye-bridge/outcome"
 )
 
@@ -48,15 +45,11 @@ func run(ctx context.Context) error {
 		defer f.Close()
 		w = f
 	}
-	nc, err := nats.Connect(natsURL(), nats.Name("audit-example"), nats.MaxReconnects(-1))
+	js, closeNATS, err := exampleconn.JetStream("audit-example")
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
+	defer closeNATS()
 	a := &audit{enc: json.NewEncoder(w)}
 	fmt.Fprintln(os.Stderr, "audit: writing every outcome (Ctrl-C to stop)")
 	return outcome.Consume(ctx, js, "audit-example", a.handle,
@@ -89,22 +82,4 @@ func (a *audit) handle(ctx context.Context, ev *outcome.Event) error {
 		EventID: ev.ID, SessionID: ev.SessionID, Source: ev.Source, Outcome: ev.Outcome,
 		ReceivedAt: ev.Time, Reconciled: ev.Reconciled, TraceParent: outcome.TraceParent(ctx), Result: ev.Data,
 	})
-}
-
-// natsURL is NATS_URL, else the embedded server's DATA_DIR/nats.url, else
-// the embedded server's default address.
-func natsURL() string {
-	if u := os.Getenv("NATS_URL"); u != "" {
-		return u
-	}
-	dir := os.Getenv("DATA_DIR")
-	if dir == "" {
-		dir = "data"
-	}
-	if b, err := os.ReadFile(dir + "/nats.url"); err == nil {
-		if u := strings.TrimSpace(string(b)); u != "" {
-			return u
-		}
-	}
-	return "nats://127.0.0.1:4222"
 }

@@ -20,9 +20,7 @@ import (
 	"sync"
 	"syscall"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
+	"github.com/realeyes/verifeye-bridge/examples/internal/exampleconn"
 	"github.com/realeyes/verifeye-bridge/outcome"
 )
 
@@ -36,15 +34,11 @@ func main() {
 }
 
 func run(ctx context.Context, out io.Writer) error {
-	nc, err := nats.Connect(natsURL(), nats.Name("kyc-example"), nats.MaxReconnects(-1))
+	js, closeNATS, err := exampleconn.JetStream("kyc-example")
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
+	defer closeNATS()
 	k := &kyc{out: out, decided: map[string]string{}}
 	fmt.Fprintln(out, "kyc: waiting for passed and failed outcomes (Ctrl-C to stop)")
 	return outcome.Consume(ctx, js, "kyc-example", k.handle,
@@ -88,22 +82,4 @@ func (k *kyc) handle(ctx context.Context, ev *outcome.Event) error {
 	k.decided[strings.ToLower(ev.SessionID)] = decision
 	fmt.Fprintf(k.out, "kyc: %s %s, source %s%s\n", ev.SessionID, decision, ev.Source, why)
 	return nil
-}
-
-// natsURL is NATS_URL, else the embedded server's DATA_DIR/nats.url, else
-// the embedded server's default address.
-func natsURL() string {
-	if u := os.Getenv("NATS_URL"); u != "" {
-		return u
-	}
-	dir := os.Getenv("DATA_DIR")
-	if dir == "" {
-		dir = "data"
-	}
-	if b, err := os.ReadFile(dir + "/nats.url"); err == nil {
-		if u := strings.TrimSpace(string(b)); u != "" {
-			return u
-		}
-	}
-	return "nats://127.0.0.1:4222"
 }
