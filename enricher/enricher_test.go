@@ -584,7 +584,7 @@ func TestEnricherAPIOutage(t *testing.T) {
 		if info.NumAckPending > maxAckPending {
 			t.Fatalf("during the outage %d messages unacknowledged, over MaxAckPending %d", info.NumAckPending, maxAckPending)
 		}
-		held := gauge(t, reg, "verifeye_bridge_enricher_in_flight")
+		held := metricValue(t, reg, "verifeye_bridge_enricher_in_flight")
 		// Undelivered, or delivered and waiting out a NakWithDelay: both wait
 		// on the server, not in this process.
 		waiting = info.NumPending + uint64(info.NumAckPending) - uint64(held)
@@ -615,8 +615,8 @@ func TestEnricherAPIOutage(t *testing.T) {
 	r.checkAllPublished(sessions, "default")
 }
 
-// gauge returns the value of the unlabelled gauge name in reg.
-func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
+// metricValue returns the value of the unlabelled counter or gauge name in reg.
+func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
@@ -624,6 +624,9 @@ func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	}
 	for _, mf := range mfs {
 		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			if c := mf.GetMetric()[0].GetCounter(); c != nil {
+				return c.GetValue()
+			}
 			return mf.GetMetric()[0].GetGauge().GetValue()
 		}
 	}

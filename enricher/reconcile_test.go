@@ -142,7 +142,7 @@ func TestReconcileAbandoned(t *testing.T) {
 	if n := natstest.Count(t, r.js, streams.Results); n != 0 {
 		t.Errorf("results stream holds %d outcomes, want none", n)
 	}
-	if v := counter(t, reg, "verifeye_bridge_sessions_abandoned_total"); v != 1 {
+	if v := metricValue(t, reg, "verifeye_bridge_sessions_abandoned_total"); v != 1 {
 		t.Errorf("abandoned counter = %v, want 1", v)
 	}
 }
@@ -197,19 +197,4 @@ func TestReconcileSurvivesRestart(t *testing.T) {
 			t.Errorf("session %s: %+v, want reconciled", s, e)
 		}
 	}
-}
-
-func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatalf("gather: %v", err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
-			return mf.GetMetric()[0].GetCounter().GetValue()
-		}
-	}
-	t.Fatalf("metric %s not registered", name)
-	return 0
 }
