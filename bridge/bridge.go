@@ -282,7 +282,8 @@ func (h *handler) ingest(ctx context.Context, r *http.Request, source string, w 
 
 	msg := nats.NewMsg(h.opts.Subjects.Webhook(source, w.Event))
 	msg.Data = body
-	// The message ID also as a header: a spooling Publisher keeps it for the
+	// The message ID as a header, not a publish option: JetStream reads it
+	// from there either way, and a spooling Publisher keeps it for the
 	// forward, since it cannot read opts.
 	msg.Header.Set(streams.HeaderMsgID, w.MsgID())
 	msg.Header.Set(streams.HeaderReceivedAt, time.Now().UTC().Format(time.RFC3339Nano))
@@ -291,7 +292,7 @@ func (h *handler) ingest(ctx context.Context, r *http.Request, source string, w 
 	ctx, cancel := context.WithTimeout(ctx, h.opts.PublishTimeout)
 	defer cancel()
 	start := time.Now()
-	ack, err := h.pub.PublishMsg(ctx, msg, jetstream.WithMsgID(w.MsgID()), jetstream.WithExpectStream(streams.Webhooks))
+	ack, err := h.pub.PublishMsg(ctx, msg, jetstream.WithExpectStream(streams.Webhooks))
 	if err != nil {
 		if why := storageRefusal(err); why != "" {
 			h.setRefusing(why)
