@@ -47,6 +47,8 @@ type config struct {
 	addr     string
 	apiKey   string
 	logLevel string
+	natsURL  string
+	dir      string
 
 	bin      string
 	duration time.Duration
@@ -57,6 +59,7 @@ type config struct {
 	keep     bool
 	enrich   bool
 	spool    bool
+	naive    bool
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -77,16 +80,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&cfg.enrich, "enrich", true, "let serve's enricher work (at VERIFEYE_RATE_LIMIT=50); false makes the fake API refuse the key, which pauses it, so serve's CPU is the ingest's alone")
 	fs.BoolVar(&cfg.spool, "spool", true, "also measure `ingest` against an external NATS: SPOOL=off, SPOOL=on, and SPOOL=on with NATS down (answers from the spool alone)")
 	fs.BoolVar(&cfg.keep, "keep", false, "keep the temporary directory (logs and stores)")
-	fs.StringVar(&cfg.role, "role", "", "internal: 'ceiling' serves the handler without publishing")
+	fs.BoolVar(&cfg.naive, "naive", true, "also measure the plain bridge (-role=plain) and `ingest` with default settings, each against a nats-server process of its own with default settings")
+	fs.StringVar(&cfg.role, "role", "", "internal: 'ceiling' serves the handler without publishing; 'plain' the plain bridge; 'nats' a nats-server")
 	fs.StringVar(&cfg.addr, "addr", "", "internal: listen address of the ceiling")
 	fs.StringVar(&cfg.apiKey, "api-key", "", "internal: API key the ceiling checks")
+	fs.StringVar(&cfg.natsURL, "nats-url", "", "internal: the NATS server of the plain bridge")
+	fs.StringVar(&cfg.dir, "dir", "", "internal: the store directory of the nats-server")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return 2
 	}
-	cfg.syncs = strings.Split(syncs, ",")
+	for s := range strings.SplitSeq(syncs, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			cfg.syncs = append(cfg.syncs, s)
+		}
+	}
 	for r := range strings.SplitSeq(rates, ",") {
 		if r = strings.TrimSpace(r); r == "" {
 			continue
@@ -106,6 +116,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if ln, err = net.Listen("tcp", cfg.addr); err == nil {
 			err = serveCeiling(ctx, ln, cfg.apiKey, cfg.logLevel, os.Stderr)
 		}
+	case "plain":
+		var ln net.Listener
+		if ln, err = net.Listen("tcp", cfg.addr); err == nil {
+			err = servePlain(ctx, ln, cfg.natsURL, os.Stderr)
+		}
+	case "nats":
+		err = serveNATS(ctx, cfg.dir)
 	case "":
 		err = orchestrate(ctx, cfg, stdout, stderr)
 	default:
@@ -176,6 +193,11 @@ func orchestrate(ctx context.Context, cfg config, stdout, stderr io.Writer) erro
 			&target{name: "ingest, SPOOL=on", ingest: true, spool: "on"},
 			&target{name: "ingest, SPOOL=on, NATS down", ingest: true, spool: "on", natsDown: true})
 	}
+	if cfg.naive {
+		targets = append(targets,
+			&target{name: "plain bridge, external NATS", plain: true},
+			&target{name: "ingest, external NATS", ingest: true, extNATS: true, spool: "on"})
+	}
 	env := benchEnv{bin: bin, self: self, tmp: tmp, apiKey: apiKey, apiURL: api.URL, logLevel: cfg.logLevel}
 
 	printMachine(stdout, cfg, bin)
@@ -213,6 +235,7 @@ func orchestrate(ctx context.Context, cfg config, stdout, stderr io.Writer) erro
 			printPaced(stdout, targets, all, ph.rate)
 		}
 		printSpool(stdout, targets, all, ph.rate)
+		printNaive(stdout, targets, all, ph.rate)
 	}
 	fmt.Fprintf(stdout, "\nLoad average after: %s\n", loadAvg())
 	if len(failures) > 0 {
@@ -273,7 +296,7 @@ func printHeader(w io.Writer) {
 func printRow(w io.Writer, t *target, m *measurement) {
 	r := m.res
 	outcomes := "-"
-	if !t.ceiling && !t.ingest {
+	if !t.ceiling && !t.ingest && !t.plain {
 		outcomes = strconv.Itoa(m.outcomes)
 	}
 	fmt.Fprintf(w, "  %-34s %9.0f %9s %9s %9s %10s %6.2f %11s %8d %9s\n",

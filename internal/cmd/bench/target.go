@@ -44,13 +44,18 @@ type target struct {
 	ingest   bool
 	spool    string
 	natsDown bool
-	runs     int
+	// plain: the plain bridge (-role=plain); extNATS: its NATS server, and
+	// ingest's when set, is a nats-server process with default settings.
+	plain   bool
+	extNATS bool
+	runs    int
 }
 
 // measurement is one target under one phase.
 type measurement struct {
 	warm, res        *loadgen.Result
 	cpu, genCPU      time.Duration // measured process and this process, during res
+	natsCPU          time.Duration // the nats-server process, if any, during res
 	stored, accepted int           // serve: messages on the webhooks stream; 202s that were not duplicates
 	outcomes         int           // serve: outcomes the enricher published during res
 	fsyncs           float64       // the disk's fsyncs per second just before, if measured
@@ -98,7 +103,7 @@ func (m *measurement) problems(name string) []string {
 func measure(ctx context.Context, env benchEnv, t *target, opts loadgen.Options, warmup time.Duration, run uint32) (*measurement, error) {
 	t.runs++
 	slug := strings.NewReplacer(" ", "", ",", "-", "=", "-", "(", "", ")", "").Replace(t.name) + "-" + strconv.Itoa(t.runs)
-	p, err := start(env, t, filepath.Join(env.tmp, slug))
+	p, err := start(ctx, env, t, filepath.Join(env.tmp, slug))
 	if err != nil {
 		return nil, err
 	}
@@ -141,6 +146,12 @@ func measure(ctx context.Context, env benchEnv, t *target, opts loadgen.Options,
 	if err != nil {
 		return nil, err
 	}
+	var nats0 time.Duration
+	if p.natsProc != nil {
+		if nats0, err = loadgen.ProcCPU(p.natsProc.cmd.Process.Pid); err != nil {
+			return nil, err
+		}
+	}
 	gen0, err := loadgen.ProcCPU(os.Getpid())
 	if err != nil {
 		return nil, err
@@ -154,6 +165,13 @@ func measure(ctx context.Context, env benchEnv, t *target, opts loadgen.Options,
 	}
 	gen1, _ := loadgen.ProcCPU(os.Getpid())
 	m.cpu, m.genCPU = cpu1-cpu0, gen1-gen0
+	if p.natsProc != nil {
+		nats1, err := loadgen.ProcCPU(p.natsProc.cmd.Process.Pid)
+		if err != nil {
+			return nil, err
+		}
+		m.natsCPU = nats1 - nats0
+	}
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
@@ -231,12 +249,13 @@ type process struct {
 	natsURL  string // the embedded server's URL (serve, once waitReady returns), or ingest's NATS server's
 	dataDir  string
 	ns       *server.Server // ingest: the NATS server run for it
+	natsProc *natsProcess   // plain, and ingest with extNATS: the nats-server process run for it
 	logPath  string
 	done     chan struct{}
 	waitErr  error
 }
 
-func start(env benchEnv, t *target, dir string) (*process, error) {
+func start(ctx context.Context, env benchEnv, t *target, dir string) (*process, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -249,6 +268,8 @@ func start(env benchEnv, t *target, dir string) (*process, error) {
 	switch {
 	case t.ceiling:
 		p.startMsg = ceilingStarted // logged at any level
+	case t.plain:
+		p.startMsg = plainStarted // its only log line
 	case !startLineLogged(env.logLevel):
 		if addr, err = freeAddr(); err != nil {
 			return nil, err
@@ -261,9 +282,21 @@ func start(env benchEnv, t *target, dir string) (*process, error) {
 	switch {
 	case t.ceiling:
 		p.cmd = exec.Command(env.self, "-role=ceiling", "-addr="+addr, "-api-key="+env.apiKey, "-log-level="+env.logLevel)
+	case t.plain:
+		if p.natsProc, err = startNATSProcess(ctx, env.self, filepath.Join(dir, "nats")); err != nil {
+			return nil, err
+		}
+		p.natsURL = p.natsProc.url
+		p.cmd = exec.Command(env.self, "-role=plain", "-addr="+addr, "-nats-url="+p.natsURL)
 	case t.ingest:
 		natsURL := "nats://"
-		if t.natsDown {
+		if t.extNATS {
+			if p.natsProc, err = startNATSProcess(ctx, env.self, filepath.Join(dir, "nats")); err != nil {
+				return nil, err
+			}
+			natsURL = p.natsProc.url
+			p.natsURL = natsURL
+		} else if t.natsDown {
 			// Nothing listens there: every publish fails at once. A closed
 			// port is what "down" means, so it is picked ahead.
 			down, err := freeAddr()
@@ -322,10 +355,13 @@ func start(env benchEnv, t *target, dir string) (*process, error) {
 	return p, nil
 }
 
-// stopNATS stops the NATS server run for an ingest, if any.
+// stopNATS stops the NATS server run for an ingest or the plain bridge, if any.
 func (p *process) stopNATS() {
 	if p.ns != nil {
 		natsembed.Shutdown(p.ns)
+	}
+	if p.natsProc != nil {
+		p.natsProc.stop()
 	}
 }
 
