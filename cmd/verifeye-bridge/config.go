@@ -60,6 +60,8 @@ func (c NATSAuth) validate() error {
 type Logging struct {
 	LogLevel  string `envconfig:"LOG_LEVEL" default:"info" desc:"trace, debug, info, warn or error"`
 	LogFormat string `envconfig:"LOG_FORMAT" default:"json" desc:"json, or console for humans"`
+	// LogFlushInterval is read by serve, ingest and enrich (logBuffer).
+	LogFlushInterval time.Duration `envconfig:"LOG_FLUSH_INTERVAL" default:"5ms" desc:"serve, ingest, enrich: log lines are written out together at most this long after they are logged (warnings and errors at once, everything on shutdown); 0 writes every line at once"`
 }
 
 func (c Logging) validate() error {
@@ -70,6 +72,9 @@ func (c Logging) validate() error {
 	}
 	if c.LogFormat != "json" && c.LogFormat != "console" {
 		return fmt.Errorf("LOG_FORMAT: %q is not json or console", c.LogFormat)
+	}
+	if c.LogFlushInterval < 0 {
+		return fmt.Errorf("LOG_FLUSH_INTERVAL: %v is negative", c.LogFlushInterval)
 	}
 	return nil
 }

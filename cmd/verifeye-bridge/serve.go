@@ -195,7 +195,11 @@ func runService(ctx context.Context, cfg serviceConfig, args []string, stdout, s
 	if err := cfg.load(); err != nil {
 		return err
 	}
-	log := newLogger(stderr, cfg.common.Logging)
+	// One write per few milliseconds instead of one per line; every way out
+	// of here writes what is left, before run prints the error, if any.
+	logw := newLogBuffer(stderr, cfg.common.LogFlushInterval)
+	defer logw.Close()
+	log := newLogger(logw, cfg.common.Logging)
 	ln, err := net.Listen("tcp", cfg.common.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("HTTP_ADDR: %w", err)
