@@ -1,7 +1,15 @@
 package bridge
 
 import (
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/realeyes/verifeye-bridge/internal/streams"
 )
 
 type metrics struct {
@@ -9,6 +17,51 @@ type metrics struct {
 	duration *prometheus.HistogramVec
 	publish  prometheus.Histogram
 	refusing prometheus.Gauge
+
+	// The series of every accepted webhook, resolved once (lazily, so that
+	// no series appears before its first webhook): WithLabelValues hashes
+	// and looks up its labels on every call.
+	completed sync.Map                            // source -> *completedCounters
+	accepted  atomic.Pointer[prometheus.Observer] // duration, code 202
+}
+
+// completedCounters are a source's webhooks_total series for
+// VerificationCompleted, accepted and duplicate.
+type completedCounters struct{ accepted, duplicate prometheus.Counter }
+
+// count adds one to webhooks_total{source,event,result}.
+func (m *metrics) count(source, event, result string) {
+	if event == streams.EventCompleted && (result == resultAccepted || result == resultDuplicate) {
+		c, ok := m.completed.Load(source)
+		if !ok {
+			c, _ = m.completed.LoadOrStore(source, &completedCounters{
+				accepted:  m.webhooks.WithLabelValues(source, event, resultAccepted),
+				duplicate: m.webhooks.WithLabelValues(source, event, resultDuplicate),
+			})
+		}
+		if cc := c.(*completedCounters); result == resultAccepted {
+			cc.accepted.Inc()
+		} else {
+			cc.duplicate.Inc()
+		}
+		return
+	}
+	m.webhooks.WithLabelValues(source, event, result).Inc()
+}
+
+// observeDuration records the time to answer with status.
+func (m *metrics) observeDuration(status int, d time.Duration) {
+	if status != http.StatusAccepted {
+		m.duration.WithLabelValues(strconv.Itoa(status)).Observe(d.Seconds())
+		return
+	}
+	o := m.accepted.Load()
+	if o == nil {
+		obs := m.duration.WithLabelValues(strconv.Itoa(status))
+		m.accepted.CompareAndSwap(nil, &obs)
+		o = &obs
+	}
+	(*o).Observe(d.Seconds())
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {

@@ -51,6 +51,14 @@ func storageRefusal(err error) string {
 	return ""
 }
 
+// storing records that JetStream stored a webhook: setRefusing(""), without
+// its allocation on the path of every webhook.
+func (h *handler) storing() {
+	if h.refusing.Load() != nil {
+		h.setRefusing("")
+	}
+}
+
 // setRefusing records why storage refuses writes, or that it stores them
 // again (why == "").
 func (h *handler) setRefusing(why string) {

@@ -295,3 +295,15 @@ func (c natsCarrier) Keys() []string {
 	}
 	return keys
 }
+
+// AppendTraceID appends ctx's trace ID (16 bytes, not hex) to dst, or nothing
+// when ctx has none: TraceID for a caller that encodes it itself, such as a
+// log line's Hex field, without a string per call.
+func AppendTraceID(ctx context.Context, dst []byte) []byte {
+	sc := trace.SpanContextFromContext(ctx)
+	if !sc.HasTraceID() {
+		return dst
+	}
+	id := sc.TraceID()
+	return append(dst, id[:]...)
+}
