@@ -16,8 +16,9 @@ package tracing
 
 import (
 	"context"
-	"crypto/rand"
+	"encoding/binary"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"strings"
 
@@ -233,13 +234,17 @@ func (t transport) RoundTrip(req *http.Request) (*http.Response, error) {
 // newRoot returns a new sampled span context with random IDs. It is marked
 // sampled so that a later hop with tracing on (an enricher replica, a
 // downstream consumer with a parent-based sampler) records the trace.
+//
+// The IDs come from math/rand/v2's runtime generator (ChaCha8, seeded by the
+// runtime, per thread), as the OpenTelemetry SDK draws its own from
+// math/rand: unguessable enough for trace IDs, which are not secrets, and
+// without crypto/rand's system call on every webhook without a traceparent.
 func newRoot() trace.SpanContext {
-	var b [24]byte
 	for {
-		_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
 		var cfg trace.SpanContextConfig
-		copy(cfg.TraceID[:], b[:16])
-		copy(cfg.SpanID[:], b[16:])
+		binary.LittleEndian.PutUint64(cfg.TraceID[:8], rand.Uint64())
+		binary.LittleEndian.PutUint64(cfg.TraceID[8:], rand.Uint64())
+		binary.LittleEndian.PutUint64(cfg.SpanID[:], rand.Uint64())
 		cfg.TraceFlags = trace.FlagsSampled
 		if sc := trace.NewSpanContext(cfg); sc.IsValid() {
 			return sc
