@@ -47,7 +47,7 @@ bench: build
 .PHONY: bench-profile
 bench-profile:
 	@mkdir -p bin
-	$(GO) test -run '^$$' -bench 'Ingest/handler' -benchtime 5s -cpuprofile bin/ingest.cpu.out -o bin/bridge.test ./internal/streams/
+	$(GO) test -run '^$$' -bench 'Ingest/handler' -benchtime 5s -cpuprofile bin/ingest.cpu.out -o bin/bridge.test ./bridge/
 	$(GO) tool pprof -top -cum -nodecount 40 -focus 'bridge\.' bin/bridge.test bin/ingest.cpu.out
 
 # Go benchmarks (each reports its ratio against a ceiling measured in the same run).

@@ -259,6 +259,10 @@ func printMachine(w io.Writer, cfg config, bin string) {
 	}
 	fmt.Fprintf(w, "Binary: %s serve (embedded NATS in-process, DATA_DIR a fresh temp dir on %s,\n", bin, os.TempDir())
 	fmt.Fprintf(w, "        %s, LOG_LEVEL=%s to a file); the load generator runs on the same CPUs.\n", enricher, cfg.logLevel)
+	if cfg.naive {
+		fmt.Fprintln(w, "Plain bridge: echo, json.Unmarshal into a struct, synchronous PublishMsg with Nats-Msg-Id, no auth/logs/metrics/trace;")
+		fmt.Fprintln(w, "        it and `ingest` (defaults) each publish to a nats-server process of their own with default settings.")
+	}
 	fmt.Fprintln(w, "CPU/req: the measured process's user+system CPU (/proc/<pid>/stat) per 202; cores: its CPU time / wall time;")
 	fmt.Fprintln(w, "loadgen/req: this process's CPU per 202; outcomes: results the serve process's enricher published meanwhile.")
 }
