@@ -329,6 +329,7 @@ func start(ctx context.Context, env benchEnv, t *target, dir string) (*process, 
 			"NATS_EMBEDDED_ADDR=127.0.0.1:0", // waitReady reads DATA_DIR/nats.url
 			"DATA_DIR="+filepath.Join(dir, "data"),
 			"NATS_EMBEDDED_SYNC="+t.sync,
+			"API_ADDR=-", // the internal API's fixed default port may be taken; nothing here uses it
 			"VERIFEYE_API_KEY="+env.apiKey,
 			"VERIFEYE_API_URL="+env.apiURL,
 			"LOG_LEVEL="+env.logLevel,
