@@ -290,7 +290,15 @@ func (p *Publisher) commit(ctx context.Context, batch []*call) {
 		msgs[i] = m
 	}
 	// No ack of the first message: one round trip per batch, the commit's.
-	back, err := jetstreamext.PublishMsgBatch(ctx, p.js, msgs, jetstreamext.BatchFlowControl{AckFirst: false})
+	back, lost, err := p.publishBatch(ctx, msgs)
+	if lost {
+		// The connection dropped with the commit in flight: its answer will
+		// never come, though the server may have stored the batch. Once
+		// connected again, each message still awaited is published alone:
+		// stored now, or answered as the duplicate of the stored copy.
+		p.reconnected(ctx, batch)
+		return
+	}
 	if err == nil {
 		p.batches.Add(1)
 		p.batched.Add(uint64(len(batch)))
@@ -335,6 +343,58 @@ func (p *Publisher) commit(ctx context.Context, batch []*call) {
 			c.finish(nil, err)
 		}
 	}
+}
+
+// publishBatch sends msgs as one atomic batch. lost reports that the
+// connection dropped or was re-established before the answer came, which
+// then never comes.
+func (p *Publisher) publishBatch(ctx context.Context, msgs []*nats.Msg) (ack *jetstreamext.BatchAck, lost bool, err error) {
+	nc := p.js.Conn()
+	reconnects := nc.Stats().Reconnects
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var dropped atomic.Bool
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				if !nc.IsConnected() || nc.Stats().Reconnects != reconnects {
+					dropped.Store(true)
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	ack, err = jetstreamext.PublishMsgBatch(ctx, p.js, msgs, jetstreamext.BatchFlowControl{AckFirst: false})
+	return ack, err != nil && dropped.Load(), err
+}
+
+// reconnected waits for the connection (at most until ctx ends) and then
+// publishes alone each message of batch whose caller still waits.
+func (p *Publisher) reconnected(ctx context.Context, batch []*call) {
+	nc := p.js.Conn()
+	for !nc.IsConnected() && ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	waiting := batch[:0:0]
+	for _, c := range batch {
+		if c.ctx.Err() != nil {
+			c.finish(nil, c.ctx.Err())
+			continue
+		}
+		waiting = append(waiting, c)
+	}
+	p.alone(waiting)
 }
 
 // alone publishes each message of batch by itself, concurrently.
