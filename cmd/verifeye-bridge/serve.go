@@ -25,6 +25,7 @@ import (
 	"github.com/realeyes/verifeye-bridge/bridge"
 	"github.com/realeyes/verifeye-bridge/enricher"
 	"github.com/realeyes/verifeye-bridge/enricher/verifeye"
+	"github.com/realeyes/verifeye-bridge/internal/groupcommit"
 	"github.com/realeyes/verifeye-bridge/internal/ops"
 	"github.com/realeyes/verifeye-bridge/internal/sessionapi"
 	"github.com/realeyes/verifeye-bridge/internal/spool"
@@ -244,10 +245,26 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 	// The store-and-forward spool (DESIGN.md guarantee 7), opened before
 	// anything is served: a restarted process forwards what its predecessor
 	// spooled, and webhooks are accepted even while NATS is unreachable.
+	// Group commit (internal/groupcommit): concurrent webhooks share one
+	// JetStream atomic batch. The spool wraps it, so the cluster is tried
+	// first and a batch that is late sends its webhooks to the spool.
 	var pub bridge.Publisher = js
+	if cfg.ingest != nil {
+		gc, err := groupcommit.New(js, groupcommit.Options{
+			Stream:     streams.Webhooks,
+			MaxBatch:   cfg.ingest.Batch,
+			Registerer: reg,
+			Log:        log.With().Str("component", "ingest").Logger(),
+		})
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		pub = gc
+	}
 	var sp *spool.Spool
 	if dir := cfg.spoolDir(); dir != "" {
-		sp, err = spool.Open(js, spool.Options{
+		sp, err = spool.Open(pub, spool.Options{
 			Dir:             dir,
 			MaxBytes:        cfg.spool.SpoolMaxBytes,
 			After:           cfg.spool.SpoolAfter,
