@@ -250,9 +250,18 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 	// first and a batch that is late sends its webhooks to the spool.
 	var pub bridge.Publisher = js
 	if cfg.ingest != nil {
+		batch := cfg.ingest.Batch
+		if cfg.common.NATSURL == "" && cfg.embedded != nil {
+			if interval, _ := cfg.embedded.syncInterval(); interval > 0 {
+				// The embedded store syncs on an interval, so a lone publish
+				// costs no fsync, while nats-server stages every atomic batch
+				// with fsyncs of its own: batching would only slow it down.
+				batch = 1
+			}
+		}
 		gc, err := groupcommit.New(js, groupcommit.Options{
 			Stream:     streams.Webhooks,
-			MaxBatch:   cfg.ingest.Batch,
+			MaxBatch:   batch,
 			Registerer: reg,
 			Log:        log.With().Str("component", "ingest").Logger(),
 		})

@@ -53,6 +53,12 @@ type Options struct {
 	// MaxBatch is the most messages in one batch, 2 to MaxBatch (the default);
 	// 1 turns batching off (every message is published alone).
 	MaxBatch int
+	// MinBatch is the fewest messages sent as an atomic batch; fewer are
+	// published each alone, concurrently. 0 picks it from the stream: 8 for a
+	// one-replica file stream, where nats-server stages each atomic batch in
+	// a file store of its own (a few fsyncs and file operations, worth about
+	// eight lone publishes), else 2.
+	MinBatch int
 	// Timeout bounds a batch whose callers set no deadline; 5 s by default.
 	Timeout time.Duration
 	// Registerer receives the batch metrics; nil registers none.
@@ -96,7 +102,11 @@ type Publisher struct {
 type capability struct {
 	known, ok bool
 	at        time.Time
+	min       int // MinBatch, as chosen
 }
+
+// stagedMinBatch is MinBatch for a one-replica file stream.
+const stagedMinBatch = 8
 
 // recheck is how long a "cannot batch" verdict holds before it is checked
 // again (the stream may have been updated since).
@@ -129,6 +139,9 @@ func New(js jetstream.JetStream, opts Options) (*Publisher, error) {
 		opts.MaxBatch = MaxBatch
 	case opts.MaxBatch < 1 || opts.MaxBatch > MaxBatch:
 		return nil, fmt.Errorf("groupcommit: batch size %d is not 1 to %d", opts.MaxBatch, MaxBatch)
+	}
+	if opts.MinBatch < 0 || opts.MinBatch == 1 || opts.MinBatch > opts.MaxBatch {
+		return nil, fmt.Errorf("groupcommit: least batch size %d is not 0 or 2 to %d", opts.MinBatch, opts.MaxBatch)
 	}
 	if opts.Timeout <= 0 {
 		opts.Timeout = 5 * time.Second
@@ -265,7 +278,7 @@ func (p *Publisher) send(batch []*call) {
 	}
 	ctx, cancel := p.batchContext(batch)
 	defer cancel()
-	if !p.canBatch(ctx) {
+	if ok, least := p.canBatch(ctx); !ok || len(batch) < least {
 		p.alone(batch)
 		return
 	}
@@ -324,7 +337,7 @@ func (p *Publisher) commit(ctx context.Context, batch []*call) {
 		// The stream or server cannot batch after all. An invalid batch ack
 		// means a server that ignored the batch headers and stored each
 		// message: publishing them again is de-duplicated by their IDs.
-		p.setCapable(false, err)
+		p.setCapable(false, 0, err)
 		p.alone(batch)
 	case errors.As(err, &apiErr) && apiErr.ErrorCode == errTooManyInflight:
 		p.alone(batch)
@@ -442,33 +455,42 @@ func (p *Publisher) batchContext(batch []*call) (context.Context, context.Cancel
 // server is 2.12 or later and the stream allows atomic publish. A verdict
 // holds for a minute; when it cannot be had (NATS away), the answer is no for
 // this batch only.
-func (p *Publisher) canBatch(ctx context.Context) bool {
+// The second result is the fewest messages worth a batch (MinBatch).
+func (p *Publisher) canBatch(ctx context.Context) (bool, int) {
 	p.mu.Lock()
 	cp := p.capable
 	p.mu.Unlock()
 	if cp.known && (cp.ok || time.Since(cp.at) < recheck) {
-		return cp.ok
+		return cp.ok, cp.min
 	}
 	if v := p.js.Conn().ConnectedServerVersion(); v != "" && !atLeast(v, 2, 12) {
-		p.setCapable(false, fmt.Errorf("nats-server %s is older than 2.12", v))
-		return false
+		p.setCapable(false, 0, fmt.Errorf("nats-server %s is older than 2.12", v))
+		return false, 0
 	}
 	st, err := p.js.Stream(ctx, p.opts.Stream)
 	if err != nil {
-		return false
+		return false, 0
 	}
-	if !st.CachedInfo().Config.AllowAtomicPublish {
-		p.setCapable(false, fmt.Errorf("stream %s does not allow atomic publish", p.opts.Stream))
-		return false
+	cfg := st.CachedInfo().Config
+	if !cfg.AllowAtomicPublish {
+		p.setCapable(false, 0, fmt.Errorf("stream %s does not allow atomic publish", p.opts.Stream))
+		return false, 0
 	}
-	p.setCapable(true, nil)
-	return true
+	least := p.opts.MinBatch
+	if least == 0 {
+		least = 2
+		if cfg.Replicas <= 1 && cfg.Storage == jetstream.FileStorage {
+			least = stagedMinBatch
+		}
+	}
+	p.setCapable(true, least, nil)
+	return true, least
 }
 
-func (p *Publisher) setCapable(ok bool, why error) {
+func (p *Publisher) setCapable(ok bool, least int, why error) {
 	p.mu.Lock()
 	was := p.capable
-	p.capable = capability{known: true, ok: ok, at: time.Now()}
+	p.capable = capability{known: true, ok: ok, at: time.Now(), min: least}
 	p.mu.Unlock()
 	switch {
 	case !ok && !p.loggedOff.Swap(true):

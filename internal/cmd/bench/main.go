@@ -189,6 +189,12 @@ func orchestrate(ctx context.Context, cfg config, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "\nPhase %d: %s, %v per target after a %v warm-up\n", i+1, ph.title, cfg.duration, cfg.warmup)
 		printHeader(stdout)
 		var all []*measurement
+		var disk fsyncStats // the disk's own fsync latency, for the paced sync=always p99
+		if ph.rate > 0 {
+			if disk, err = fsyncLatency(tmp, min(cfg.duration, 2*time.Second)); err != nil {
+				return err
+			}
+		}
 		for _, t := range targets {
 			// The disk's own fsync rate, just before: the bound on sync=always,
 			// where nats-server fsyncs every stored message in turn.
@@ -211,6 +217,7 @@ func orchestrate(ctx context.Context, cfg config, stdout, stderr io.Writer) erro
 			printRatios(stdout, targets, all)
 		} else {
 			printPaced(stdout, targets, all, ph.rate)
+			printGroupCommit(stdout, targets, all, ph.rate, disk)
 		}
 		printSpool(stdout, targets, all, ph.rate)
 	}
