@@ -92,7 +92,9 @@ type Publisher struct {
 	busy    bool // a publish or batch is in flight
 	capable capability
 
-	loggedOff                         atomic.Bool
+	cost costs
+
+	loggedOff atomic.Bool
 	batches, batched, singles, splits atomic.Uint64
 	size                              prometheus.Histogram
 }
@@ -278,7 +280,7 @@ func (p *Publisher) send(batch []*call) {
 	}
 	ctx, cancel := p.batchContext(batch)
 	defer cancel()
-	if ok, least := p.canBatch(ctx); !ok || len(batch) < least {
+	if ok, least := p.canBatch(ctx); !ok || len(batch) < least || !p.cost.batchPays() {
 		p.alone(batch)
 		return
 	}
@@ -303,6 +305,7 @@ func (p *Publisher) commit(ctx context.Context, batch []*call) {
 		msgs[i] = m
 	}
 	// No ack of the first message: one round trip per batch, the commit's.
+	start := time.Now()
 	back, lost, err := p.publishBatch(ctx, msgs)
 	if lost {
 		// The connection dropped with the commit in flight: its answer will
@@ -313,6 +316,7 @@ func (p *Publisher) commit(ctx context.Context, batch []*call) {
 		return
 	}
 	if err == nil {
+		p.cost.observe(&p.cost.batch, time.Since(start), len(batch))
 		p.batches.Add(1)
 		p.batched.Add(uint64(len(batch)))
 		p.observe(len(batch))
@@ -412,11 +416,71 @@ func (p *Publisher) reconnected(ctx context.Context, batch []*call) {
 
 // alone publishes each message of batch by itself, concurrently.
 func (p *Publisher) alone(batch []*call) {
+	if len(batch) == 0 {
+		return
+	}
+	start := time.Now()
 	var wg sync.WaitGroup
+	var failed atomic.Bool
 	for _, c := range batch {
-		wg.Go(func() { c.finish(p.single(c.ctx, c.msg, c.opts)) })
+		wg.Go(func() {
+			ack, err := p.single(c.ctx, c.msg, c.opts)
+			if err != nil {
+				failed.Store(true)
+			}
+			c.finish(ack, err)
+		})
 	}
 	wg.Wait()
+	if !failed.Load() {
+		p.cost.observe(&p.cost.alone, time.Since(start), len(batch))
+	}
+}
+
+// costs learns which way of storing a gathering is cheaper on this server:
+// the time per message of atomic batches and of messages published alone
+// (concurrently, so the server's time per message shows). A server syncing
+// every write pays an fsync per lone message, and a batch saves all but a
+// few; a server syncing on an interval pays none, while nats-server stages a
+// one-replica file stream's atomic batch with fsyncs of its own, so there
+// publishing alone is cheaper. The way that looked dearer is tried again
+// now and then, since the load and the disk change.
+type costs struct {
+	mu           sync.Mutex
+	batch, alone float64 // seconds per message, moving averages; 0 unknown
+	tried        time.Time
+}
+
+// retry is how often the way that looked dearer is tried again.
+const retry = 2 * time.Second
+
+// batchPays reports whether the next gathering goes as one atomic batch.
+func (c *costs) batchPays() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.batch == 0:
+		return true
+	case c.alone == 0:
+		return false
+	}
+	pays := c.batch <= c.alone
+	if time.Since(c.tried) >= retry {
+		c.tried = time.Now()
+		return !pays
+	}
+	return pays
+}
+
+func (c *costs) observe(avg *float64, d time.Duration, n int) {
+	per := d.Seconds() / float64(n)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if *avg == 0 {
+		*avg = per
+	} else {
+		*avg += 0.2 * (per - *avg)
+	}
 }
 
 func (p *Publisher) single(ctx context.Context, msg *nats.Msg, opts []jetstream.PublishOpt) (*jetstream.PubAck, error) {

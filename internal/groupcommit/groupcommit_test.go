@@ -60,7 +60,8 @@ type result struct {
 
 // gather publishes one message per id concurrently while a batch is held in
 // flight, so that all of them wait in the queue, then lets them go: they are
-// sent as batches (deterministically, rather than by the scheduler's luck).
+// sent as batches (deterministically, rather than by the scheduler's luck or
+// what the Publisher learnt of the costs).
 func gather(t *testing.T, p *Publisher, ids []string) []result {
 	t.Helper()
 	p.mu.Lock()
@@ -88,6 +89,10 @@ func gather(t *testing.T, p *Publisher, ids []string) []result {
 		}
 		return nil
 	})
+	// Whatever it learnt so far, the gathering goes as a batch.
+	p.cost.mu.Lock()
+	p.cost.batch, p.cost.tried = 0, time.Now()
+	p.cost.mu.Unlock()
 	p.next()
 	wg.Wait()
 	return res
@@ -306,4 +311,33 @@ func (b *safeBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
+}
+
+// TestCostsLearnTheCheaperWay: the gathering goes the way that cost less per
+// message, and the other way is tried again after a while.
+func TestCostsLearnTheCheaperWay(t *testing.T) {
+	var c costs
+	if !c.batchPays() {
+		t.Fatal("batchPays() = false before any batch was measured")
+	}
+	c.observe(&c.batch, 8*time.Millisecond, 32) // 250 µs per message
+	if c.batchPays() {
+		t.Fatal("batchPays() = true before publishing alone was measured")
+	}
+	c.observe(&c.alone, 2*time.Millisecond, 32) // 62 µs per message
+	c.tried = time.Now()
+	if c.batchPays() {
+		t.Error("batchPays() = true although publishing alone costs less")
+	}
+	c.tried = time.Now().Add(-retry)
+	if !c.batchPays() {
+		t.Error("batchPays() = false: the dearer way is not tried again after a while")
+	}
+	for range 20 {
+		c.observe(&c.alone, 30*time.Millisecond, 32) // the disk syncs every write now
+	}
+	c.tried = time.Now()
+	if !c.batchPays() {
+		t.Error("batchPays() = false although batches now cost less")
+	}
 }

@@ -63,3 +63,17 @@ func printGroupCommit(w io.Writer, targets []*target, all []*measurement, rate f
 			float64(m.res.Percentile(0.99))/float64(disk.p99))
 	}
 }
+
+// groupCommitBaselines returns, for the serve sync=always and ingest
+// SPOOL=off targets, the same target publishing each webhook alone.
+func groupCommitBaselines(targets []*target) []*target {
+	var out []*target
+	for _, t := range targets {
+		if (t.sync == "always" || (t.ingest && t.spool == "off" && !t.natsDown)) && t.batch == "" {
+			b := *t
+			b.name, b.batch = t.name+", INGEST_BATCH=1", "1"
+			out = append(out, &b)
+		}
+	}
+	return out
+}

@@ -57,6 +57,7 @@ type config struct {
 	keep     bool
 	enrich   bool
 	spool    bool
+	alone    bool
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -76,6 +77,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "LOG_LEVEL of the measured processes (info, the default, logs every webhook)")
 	fs.BoolVar(&cfg.enrich, "enrich", true, "let serve's enricher work (at VERIFEYE_RATE_LIMIT=50); false makes the fake API refuse the key, which pauses it, so serve's CPU is the ingest's alone")
 	fs.BoolVar(&cfg.spool, "spool", true, "also measure `ingest` against an external NATS: SPOOL=off, SPOOL=on, and SPOOL=on with NATS down (answers from the spool alone)")
+	fs.BoolVar(&cfg.alone, "alone", true, "also measure serve with NATS_EMBEDDED_SYNC=always, and ingest with SPOOL=off, publishing each webhook alone (INGEST_BATCH=1): the baselines of group commit")
 	fs.BoolVar(&cfg.keep, "keep", false, "keep the temporary directory (logs and stores)")
 	fs.StringVar(&cfg.role, "role", "", "internal: 'ceiling' serves the handler without publishing")
 	fs.StringVar(&cfg.addr, "addr", "", "internal: listen address of the ceiling")
@@ -175,6 +177,9 @@ func orchestrate(ctx context.Context, cfg config, stdout, stderr io.Writer) erro
 			&target{name: "ingest, SPOOL=off", ingest: true, spool: "off"},
 			&target{name: "ingest, SPOOL=on", ingest: true, spool: "on"},
 			&target{name: "ingest, SPOOL=on, NATS down", ingest: true, spool: "on", natsDown: true})
+	}
+	if cfg.alone {
+		targets = append(targets, groupCommitBaselines(targets)...)
 	}
 	env := benchEnv{bin: bin, self: self, tmp: tmp, apiKey: apiKey, apiURL: api.URL, logLevel: cfg.logLevel}
 

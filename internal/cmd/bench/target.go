@@ -44,7 +44,10 @@ type target struct {
 	ingest   bool
 	spool    string
 	natsDown bool
-	runs     int
+	// batch is INGEST_BATCH ("" the default): "1" publishes each webhook
+	// alone, the baseline of group commit.
+	batch string
+	runs  int
 }
 
 // measurement is one target under one phase.
@@ -296,10 +299,14 @@ func start(env benchEnv, t *target, dir string) (*process, error) {
 			"NATS_EMBEDDED_ADDR=127.0.0.1:0", // waitReady reads DATA_DIR/nats.url
 			"DATA_DIR="+filepath.Join(dir, "data"),
 			"NATS_EMBEDDED_SYNC="+t.sync,
+			"API_ADDR=-", // no internal API: its fixed default port may be taken
 			"VERIFEYE_API_KEY="+env.apiKey,
 			"VERIFEYE_API_URL="+env.apiURL,
 			"LOG_LEVEL="+env.logLevel,
 		)
+	}
+	if t.batch != "" {
+		vars = append(vars, "INGEST_BATCH="+t.batch)
 	}
 	p.cmd.Env = vars
 	logf, err := os.Create(p.logPath)
