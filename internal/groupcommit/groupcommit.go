@@ -13,6 +13,14 @@
 // neighbours are stored once. Two publishes with the same message ID never go
 // in the same batch: the second waits for the next one.
 //
+// Whether gathering pays depends on the server: one syncing every write pays
+// an fsync per lone message and one per batch, but nats-server stages a
+// one-replica file stream's atomic batch in a file store of its own (a few
+// fsyncs and file operations), which a server syncing on an interval does not
+// pay for lone messages. So the Publisher measures how long callers wait for
+// their PubAck when gathering and when publishing at once, keeps to the way
+// that answers sooner, and tries the other for 100 ms every 2 s.
+//
 // A server or stream that cannot take atomic batches (a server older than
 // 2.12, a stream without AllowAtomicPublish, an older 2.12 refusing Nats-Msg-Id
 // in batches) makes the Publisher fall back to one publish per message,
