@@ -13,13 +13,13 @@
 // neighbours are stored once. Two publishes with the same message ID never go
 // in the same batch: the second waits for the next one.
 //
-// Whether gathering pays depends on the server: one syncing every write pays
-// an fsync per lone message and one per batch, but nats-server stages a
+// Whether a batch pays depends on the server: one syncing every write pays an
+// fsync per lone message and one per batch, but nats-server stages a
 // one-replica file stream's atomic batch in a file store of its own (a few
 // fsyncs and file operations), which a server syncing on an interval does not
-// pay for lone messages. So the Publisher measures how long callers wait for
-// their PubAck when gathering and when publishing at once, keeps to the way
-// that answers sooner, and tries the other for 100 ms every 2 s.
+// pay for lone messages. So the Publisher measures the time per message of
+// its batches and of gatherings published alone (concurrently), keeps to the
+// cheaper, and tries the other again every 2 s.
 //
 // A server or stream that cannot take atomic batches (a server older than
 // 2.12, a stream without AllowAtomicPublish, an older 2.12 refusing Nats-Msg-Id
@@ -189,25 +189,6 @@ func (p *Publisher) PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetst
 	if p.opts.MaxBatch == 1 {
 		return p.single(ctx, msg, opts)
 	}
-	start := time.Now()
-	batching := p.cost.batching(start)
-	if !batching {
-		ack, err := p.single(ctx, msg, opts)
-		if err == nil {
-			p.cost.observe(&p.cost.direct, time.Since(start))
-		}
-		return ack, err
-	}
-	ack, err := p.gathered(ctx, msg, opts)
-	if err == nil {
-		p.cost.observe(&p.cost.gathered, time.Since(start))
-	}
-	return ack, err
-}
-
-// gathered publishes msg alone when nothing is in flight, else in the next
-// batch.
-func (p *Publisher) gathered(ctx context.Context, msg *nats.Msg, opts []jetstream.PublishOpt) (*jetstream.PubAck, error) {
 	c := &call{ctx: ctx, msg: msg, opts: opts, id: msg.Header.Get(jetstream.MsgIDHeader), done: make(chan struct{})}
 	c.size = len(msg.Subject) + len(msg.Data)
 	for k, vs := range msg.Header {
@@ -307,7 +288,7 @@ func (p *Publisher) send(batch []*call) {
 	}
 	ctx, cancel := p.batchContext(batch)
 	defer cancel()
-	if ok, least := p.canBatch(ctx); !ok || len(batch) < least {
+	if ok, least := p.canBatch(ctx); !ok || len(batch) < least || !p.cost.batchPays() {
 		p.alone(batch)
 		return
 	}
@@ -332,6 +313,7 @@ func (p *Publisher) commit(ctx context.Context, batch []*call) {
 		msgs[i] = m
 	}
 	// No ack of the first message: one round trip per batch, the commit's.
+	start := time.Now()
 	back, lost, err := p.publishBatch(ctx, msgs)
 	if lost {
 		// The connection dropped with the commit in flight: its answer will
@@ -342,6 +324,7 @@ func (p *Publisher) commit(ctx context.Context, batch []*call) {
 		return
 	}
 	if err == nil {
+		p.cost.observe(&p.cost.batch, time.Since(start), len(batch))
 		p.batches.Add(1)
 		p.batched.Add(uint64(len(batch)))
 		p.observe(len(batch))
@@ -441,65 +424,70 @@ func (p *Publisher) reconnected(ctx context.Context, batch []*call) {
 
 // alone publishes each message of batch by itself, concurrently.
 func (p *Publisher) alone(batch []*call) {
+	if len(batch) == 0 {
+		return
+	}
+	start := time.Now()
 	var wg sync.WaitGroup
+	var failed atomic.Bool
 	for _, c := range batch {
-		wg.Go(func() { c.finish(p.single(c.ctx, c.msg, c.opts)) })
+		wg.Go(func() {
+			ack, err := p.single(c.ctx, c.msg, c.opts)
+			if err != nil {
+				failed.Store(true)
+			}
+			c.finish(ack, err)
+		})
 	}
 	wg.Wait()
+	if !failed.Load() {
+		p.cost.observe(&p.cost.alone, time.Since(start), len(batch))
+	}
 }
 
-// costs learns whether gathering pays on this server, by the time callers
-// wait for their PubAck either way. A server syncing every write pays an
-// fsync per lone message, and a batch saves all but a few; a server syncing
-// on an interval pays none, while nats-server stages a one-replica file
-// stream's atomic batch with fsyncs of its own, so there publishing each
-// message at once, alone, answers sooner. With a fixed number of callers,
-// the way that answers sooner is also the one that stores more per second.
-// The other way is tried again for a moment now and then, since the load
-// and the disk change.
+// costs learns which way of storing a gathering is cheaper on this server:
+// the time per message of atomic batches and of messages published alone
+// (concurrently, so the server's time per message shows). A server syncing
+// every write pays an fsync per lone message, and a batch saves all but a
+// few; a server syncing on an interval pays none, while nats-server stages a
+// one-replica file stream's atomic batch with fsyncs of its own, so there
+// publishing alone is cheaper. The way that looked dearer is tried again
+// now and then, since the load and the disk change.
 type costs struct {
-	mu               sync.Mutex
-	gathered, direct float64 // seconds to the PubAck, moving averages; 0 unknown
-	trying           bool    // until until, the way that looked slower
-	until, next      time.Time
+	mu           sync.Mutex
+	batch, alone float64 // seconds per message, moving averages; 0 unknown
+	tried        time.Time
 }
 
-// How often, and for how long, the way that looked slower is tried again.
-const (
-	retryEvery = 2 * time.Second
-	retryFor   = 100 * time.Millisecond
-)
+// retry is how often the way that looked dearer is tried again.
+const retry = 2 * time.Second
 
-// batching reports whether a publish made now gathers with others.
-func (c *costs) batching(now time.Time) bool {
+// batchPays reports whether the next gathering goes as one atomic batch.
+func (c *costs) batchPays() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	switch {
-	case c.gathered == 0:
+	case c.batch == 0:
 		return true
-	case c.direct == 0:
+	case c.alone == 0:
 		return false
 	}
-	faster := c.gathered <= c.direct
-	if c.next.IsZero() {
-		c.next = now.Add(retryEvery)
+	pays := c.batch <= c.alone
+	if time.Since(c.tried) >= retry {
+		c.tried = time.Now()
+		return !pays
 	}
-	if now.After(c.next) {
-		c.trying, c.until, c.next = true, now.Add(retryFor), now.Add(retryEvery)
-	}
-	if c.trying && now.After(c.until) {
-		c.trying = false
-	}
-	return faster != c.trying
+	return pays
 }
 
-func (c *costs) observe(avg *float64, d time.Duration) {
+func (c *costs) observe(avg *float64, d time.Duration, n int) {
+	per := d.Seconds() / float64(n)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if *avg == 0 {
-		*avg = d.Seconds()
+		*avg = per
 	} else {
-		*avg += 0.05 * (d.Seconds() - *avg)
+		*avg += 0.2 * (per - *avg)
 	}
 }
 

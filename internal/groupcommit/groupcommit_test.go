@@ -74,10 +74,6 @@ func gather(t *testing.T, p *Publisher, ids []string) []result {
 		p.busy = true
 		return nil
 	})
-	// Whatever it learnt so far, these publishes gather.
-	p.cost.mu.Lock()
-	p.cost.gathered = 0
-	p.cost.mu.Unlock()
 	res := make([]result, len(ids))
 	var wg sync.WaitGroup
 	for i, id := range ids {
@@ -96,6 +92,10 @@ func gather(t *testing.T, p *Publisher, ids []string) []result {
 		}
 		return nil
 	})
+	// Whatever it learnt so far, the gathering goes as a batch.
+	p.cost.mu.Lock()
+	p.cost.batch, p.cost.tried = 0, time.Now()
+	p.cost.mu.Unlock()
 	p.next()
 	wg.Wait()
 	return res
@@ -316,36 +316,31 @@ func (b *safeBuffer) String() string {
 	return b.b.String()
 }
 
-// TestCostsLearnTheCheaperWay: publishes gather, or go at once alone,
-// whichever answered sooner, and the other way is tried again for a moment
-// now and then.
+// TestCostsLearnTheCheaperWay: the gathering goes the way that cost less per
+// message, and the other way is tried again after a while.
 func TestCostsLearnTheCheaperWay(t *testing.T) {
 	var c costs
-	now := time.Now()
-	if !c.batching(now) {
-		t.Fatal("batching() = false before gathering was measured")
+	if !c.batchPays() {
+		t.Fatal("batchPays() = false before any batch was measured")
 	}
-	c.observe(&c.gathered, 8*time.Millisecond)
-	if c.batching(now) {
-		t.Fatal("batching() = true before publishing at once was measured")
+	c.observe(&c.batch, 8*time.Millisecond, 32) // 250 µs per message
+	if c.batchPays() {
+		t.Fatal("batchPays() = true before publishing alone was measured")
 	}
-	c.observe(&c.direct, 2*time.Millisecond)
-	if c.batching(now) {
-		t.Error("batching() = true although publishing at once answers sooner")
+	c.observe(&c.alone, 2*time.Millisecond, 32) // 62 µs per message
+	c.tried = time.Now()
+	if c.batchPays() {
+		t.Error("batchPays() = true although publishing alone costs less")
 	}
-	if c.batching(now.Add(retryFor / 2)) {
-		t.Error("batching() = true within the first trial")
+	c.tried = time.Now().Add(-retry)
+	if !c.batchPays() {
+		t.Error("batchPays() = false: the dearer way is not tried again after a while")
 	}
-	if !c.batching(now.Add(retryEvery + time.Millisecond)) {
-		t.Error("batching() = false: gathering is not tried again after a while")
+	for range 20 {
+		c.observe(&c.alone, 30*time.Millisecond, 32) // the disk syncs every write now
 	}
-	if c.batching(now.Add(retryEvery + 2*retryFor)) {
-		t.Error("batching() = true after the trial ended")
-	}
-	for range 100 {
-		c.observe(&c.direct, 30*time.Millisecond) // the disk syncs every write now
-	}
-	if !c.batching(now.Add(retryEvery + 3*retryFor)) {
-		t.Error("batching() = false although gathering now answers sooner")
+	c.tried = time.Now()
+	if !c.batchPays() {
+		t.Error("batchPays() = false although batches now cost less")
 	}
 }
