@@ -250,14 +250,19 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 	// first and a batch that is late sends its webhooks to the spool.
 	var pub bridge.Publisher = js
 	if cfg.ingest != nil {
+		// nats-server stages every atomic batch of a one-replica file stream
+		// with fsyncs of its own: that pays where every write is synced
+		// anyway (the embedded default), and slows down a store syncing on an
+		// interval, which a lone publish does not make wait for the disk.
+		// An external server's sync policy is unknown: one-replica streams
+		// there publish alone; replicated ones stage in memory.
 		batch := cfg.ingest.Batch
 		if cfg.common.NATSURL == "" && cfg.embedded != nil {
 			if interval, _ := cfg.embedded.syncInterval(); interval > 0 {
-				// The embedded store syncs on an interval, so a lone publish
-				// costs no fsync, while nats-server stages every atomic batch
-				// with fsyncs of its own: batching would only slow it down.
 				batch = 1
 			}
+		} else if cfg.common.limits().Replicas <= 1 {
+			batch = 1
 		}
 		gc, err := groupcommit.New(js, groupcommit.Options{
 			Stream:     streams.Webhooks,
