@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/realeyes/verifeye-bridge/bridge"
 	"github.com/realeyes/verifeye-bridge/internal/natstest"
@@ -244,7 +243,7 @@ func TestIngestPublishTimeout(t *testing.T) {
 
 // startSpool opens a store-and-forward spool in front of js and runs its
 // forwarder until t ends.
-func startSpool(t *testing.T, js jetstream.JetStream) *spool.Spool {
+func startSpool(t *testing.T, js spool.Publisher) *spool.Spool {
 	t.Helper()
 	sp, err := spool.Open(js, spool.Options{Dir: filepath.Join(t.TempDir(), "spool"), After: 300 * time.Millisecond, Log: testLogger(t)})
 	if err != nil {

@@ -24,6 +24,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/realeyes/verifeye-bridge/bridge"
+	"github.com/realeyes/verifeye-bridge/internal/groupcommit"
 	"github.com/realeyes/verifeye-bridge/internal/natsembed"
 	"github.com/realeyes/verifeye-bridge/internal/natstest"
 	"github.com/realeyes/verifeye-bridge/internal/ops"
@@ -93,6 +94,7 @@ type rig struct {
 	srv *natstest.Server
 	nc  *nats.Conn
 	js  jetstream.JetStream
+	gc  *groupcommit.Publisher // nil with rigOptions.plain
 	url string
 	reg *prometheus.Registry
 }
@@ -104,13 +106,19 @@ type rigOptions struct {
 	limits         *streams.Limits // nil: streams.DefaultLimits()
 	trustedProxies []*net.IPNet
 	spool          bool // publish through a store-and-forward spool
+	plain          bool // publish each webhook alone, without group commit
+	syncAlways     bool // the server fsyncs every write, as embedded serve does by default
 }
 
 func newRig(t *testing.T, o rigOptions) *rig {
 	t.Helper()
+	sync := time.Minute
+	if o.syncAlways {
+		sync = 0
+	}
 	srv := natstest.StartWith(t, natsembed.Options{
 		StoreDir:     t.TempDir(),
-		SyncInterval: time.Minute,
+		SyncInterval: sync,
 		Log:          testLogger(t).Level(zerolog.WarnLevel),
 	})
 	nc := srv.Connect(o.connOpts...)
@@ -131,12 +139,21 @@ func newRig(t *testing.T, o rigOptions) *rig {
 	if err := streams.Ensure(ctx, js, subjects, limits); err != nil {
 		t.Fatalf("streams.Ensure: %v", err)
 	}
+	// Group commit as the command wires it: the spool, when on, wraps it.
 	var pub bridge.Publisher = js
+	var gc *groupcommit.Publisher
+	if !o.plain {
+		gc, err = groupcommit.New(js, groupcommit.Options{Stream: streams.Webhooks, Log: testLogger(t)})
+		if err != nil {
+			t.Fatalf("groupcommit.New: %v", err)
+		}
+		pub = gc
+	}
 	checks := []ops.Check{{Name: "nats", Critical: !o.spool, Func: func(ctx context.Context) error {
 		return streams.Ready(ctx, nc, js)
 	}}}
 	if o.spool {
-		sp := startSpool(t, js)
+		sp := startSpool(t, pub)
 		pub = sp
 		checks = append(checks, ops.Check{Name: "spool", Critical: true, Func: sp.Ready,
 			State: func(ctx context.Context) any { st, _ := sp.State(ctx); return st }})
@@ -159,7 +176,7 @@ func newRig(t *testing.T, o rigOptions) *rig {
 	})
 	ts := httptest.NewServer(h)
 	t.Cleanup(ts.Close)
-	return &rig{srv: srv, nc: nc, js: js, url: ts.URL, reg: reg}
+	return &rig{srv: srv, nc: nc, js: js, gc: gc, url: ts.URL, reg: reg}
 }
 
 // answer is an HTTP response, read in full.

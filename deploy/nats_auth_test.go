@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -14,6 +15,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/synadia-io/orbit.go/jetstreamext"
 
 	"github.com/realeyes/verifeye-bridge/internal/streams"
 	"github.com/realeyes/verifeye-bridge/outcome"
@@ -292,6 +294,18 @@ func checkNATSRoles(t *testing.T, users []*server.User, logins map[string]login)
 	if _, err := ingest.Publish(ctx, subjects.Webhook("default", streams.EventCompleted), webhook); err != nil {
 		t.Errorf("ingest: publish a webhook: %v", err)
 	}
+	// Group commit: concurrent webhooks as one atomic batch (the same
+	// subjects, the PubAck on _INBOX).
+	msgs := make([]*nats.Msg, 3)
+	for i := range msgs {
+		msgs[i] = nats.NewMsg(subjects.Webhook("default", streams.EventCompleted))
+		msgs[i].Data = webhook
+		msgs[i].Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("auth-batch-%d", i))
+		msgs[i].Header.Set(jetstream.ExpectedStreamHeader, streams.Webhooks)
+	}
+	if _, err := jetstreamext.PublishMsgBatch(ctx, ingest, msgs); err != nil {
+		t.Errorf("ingest: publish webhooks as an atomic batch: %v", err)
+	}
 	refused("ingest", ingest, subjects.Result("default", "passed"))
 	refused("ingest", ingest, subjects.DLQ("default", streams.EventCompleted))
 	c, cancelC := context.WithTimeout(ctx, 2*time.Second)
@@ -429,7 +443,8 @@ func checkNATSRoles(t *testing.T, users []*server.User, logins map[string]login)
 	cancelC()
 
 	// Whatever was refused left no trace.
-	for stream, want := range map[string]uint64{streams.Webhooks: 2, streams.Results: 1, streams.DLQ: 1, streams.Expectations: 2, "KV_" + outcome.BucketSessions: 1} {
+	// The webhooks stream: two webhooks published alone, three in a batch.
+	for stream, want := range map[string]uint64{streams.Webhooks: 2 + 3, streams.Results: 1, streams.DLQ: 1, streams.Expectations: 2, "KV_" + outcome.BucketSessions: 1} {
 		if got := count(stream); got != want {
 			t.Errorf("%s holds %d messages after the refused publishes; want %d", stream, got, want)
 		}

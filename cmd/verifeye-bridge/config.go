@@ -17,6 +17,7 @@ import (
 
 	"github.com/kelseyhightower/envconfig"
 
+	"github.com/realeyes/verifeye-bridge/internal/groupcommit"
 	"github.com/realeyes/verifeye-bridge/internal/streams"
 )
 
@@ -115,6 +116,7 @@ type ingestConfig struct {
 	WebhookToken   secret        `envconfig:"WEBHOOK_TOKEN" desc:"token expected as ?token= or Authorization: Bearer when WEBHOOK_AUTH=token: at least 16 printable ASCII characters, no spaces"`
 	PublishTimeout time.Duration `envconfig:"INGEST_PUBLISH_TIMEOUT" default:"3s" desc:"longest wait for JetStream's acknowledgement before answering 503: 10ms to 9s"`
 	TrustedProxies string        `envconfig:"HTTP_TRUSTED_PROXIES" desc:"comma-separated CIDRs of proxies whose X-Forwarded-For or X-Real-IP is logged as the remote address; empty trusts none"`
+	Batch          int           `envconfig:"INGEST_BATCH" default:"1000" desc:"group commit: most webhooks stored in one JetStream atomic batch while the previous one is being stored, 1 to 1000; 1 publishes each alone"`
 }
 
 // spoolConfig is read by serve and ingest: the store-and-forward spool, used
@@ -499,6 +501,9 @@ func (c ingestConfig) validate(api apiConfig) error {
 	}
 	// Below the HTTP server's 10 s write timeout, so the 503 still gets out.
 	if err := inRange("INGEST_PUBLISH_TIMEOUT", c.PublishTimeout, 10*time.Millisecond, 9*time.Second); err != nil {
+		return err
+	}
+	if err := intInRange("INGEST_BATCH", c.Batch, 1, groupcommit.MaxBatch); err != nil {
 		return err
 	}
 	_, err := parseCIDRs(c.TrustedProxies)

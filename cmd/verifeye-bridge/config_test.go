@@ -116,6 +116,9 @@ func TestConfigErrors(t *testing.T) {
 		{"serve", map[string]string{"DATA_DIR": filepath.Join(file, "data")}, "DATA_DIR"}, // unwritable, even for root
 		{"serve", map[string]string{"INGEST_PUBLISH_TIMEOUT": "0s"}, "INGEST_PUBLISH_TIMEOUT"},
 		{"serve", map[string]string{"INGEST_PUBLISH_TIMEOUT": "1m"}, "INGEST_PUBLISH_TIMEOUT"},
+		{"serve", map[string]string{"INGEST_BATCH": "0"}, "INGEST_BATCH"},
+		{"serve", map[string]string{"INGEST_BATCH": "1001"}, "INGEST_BATCH"},
+		{"ingest", map[string]string{"NATS_URL": noNATS, "INGEST_BATCH": "many"}, "INGEST_BATCH"},
 		{"serve", map[string]string{"ENRICH_CONCURRENCY": "0"}, "ENRICH_CONCURRENCY"},
 		{"serve", map[string]string{"ENRICH_CONCURRENCY": "100000"}, "ENRICH_CONCURRENCY"},
 		{"serve", map[string]string{"ENRICH_MAX_ATTEMPTS": "0"}, "ENRICH_MAX_ATTEMPTS"},
@@ -221,6 +224,8 @@ func TestConfigAcceptsItsLimits(t *testing.T) {
 		{"WEBHOOKS_MAX_BYTES": "-1", "RESULTS_MAX_BYTES": "1048576", "DLQ_MAX_BYTES": "-1"},
 		{"VERIFEYE_RATE_LIMIT": "0"},
 		{"VERIFEYE_RATE_LIMIT": "0.01"},
+		{"INGEST_BATCH": "1"},
+		{"INGEST_BATCH": "1000"},
 		{"NATS_EMBEDDED_SYNC": "1s", "METRICS_SAMPLE_INTERVAL": "0s", "STREAM_REPLICAS": "1"},
 		{"VERIFEYE_API_URL": "http://127.0.0.1:1/base/", "LOG_LEVEL": "trace", "LOG_FORMAT": "console"},
 	} {

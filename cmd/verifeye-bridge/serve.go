@@ -25,6 +25,7 @@ import (
 	"github.com/realeyes/verifeye-bridge/bridge"
 	"github.com/realeyes/verifeye-bridge/enricher"
 	"github.com/realeyes/verifeye-bridge/enricher/verifeye"
+	"github.com/realeyes/verifeye-bridge/internal/groupcommit"
 	"github.com/realeyes/verifeye-bridge/internal/ops"
 	"github.com/realeyes/verifeye-bridge/internal/sessionapi"
 	"github.com/realeyes/verifeye-bridge/internal/spool"
@@ -248,10 +249,40 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 	// The store-and-forward spool (DESIGN.md guarantee 7), opened before
 	// anything is served: a restarted process forwards what its predecessor
 	// spooled, and webhooks are accepted even while NATS is unreachable.
+	// Group commit (internal/groupcommit): concurrent webhooks share one
+	// JetStream atomic batch. The spool wraps it, so the cluster is tried
+	// first and a batch that is late sends its webhooks to the spool.
 	var pub bridge.Publisher = js
+	if cfg.ingest != nil {
+		// nats-server stages every atomic batch of a one-replica file stream
+		// with fsyncs of its own: that pays where every write is synced
+		// anyway (the embedded default), and slows down a store syncing on an
+		// interval, which a lone publish does not make wait for the disk.
+		// An external server's sync policy is unknown: one-replica streams
+		// there publish alone; replicated ones stage in memory.
+		batch := cfg.ingest.Batch
+		if cfg.common.NATSURL == "" && cfg.embedded != nil {
+			if interval, _ := cfg.embedded.syncInterval(); interval > 0 {
+				batch = 1
+			}
+		} else if cfg.common.limits().Replicas <= 1 {
+			batch = 1
+		}
+		gc, err := groupcommit.New(js, groupcommit.Options{
+			Stream:     streams.Webhooks,
+			MaxBatch:   batch,
+			Registerer: reg,
+			Log:        log.With().Str("component", "ingest").Logger(),
+		})
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		pub = gc
+	}
 	var sp *spool.Spool
 	if dir := cfg.spoolDir(); dir != "" {
-		sp, err = spool.Open(js, spool.Options{
+		sp, err = spool.Open(pub, spool.Options{
 			Dir:             dir,
 			MaxBytes:        cfg.spool.SpoolMaxBytes,
 			After:           cfg.spool.SpoolAfter,

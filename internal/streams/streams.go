@@ -300,6 +300,10 @@ func Configs(s Subjects, l Limits) []jetstream.StreamConfig {
 		Duplicates:  dup(l.WebhooksMaxAge),
 		MaxMsgSize:  MaxWebhookBytes + MaxWebhookHeaderBytes,
 		AllowDirect: true,
+		// Group commit: the ingest stores concurrent webhooks as one atomic
+		// batch, one fsync for all (nats-server 2.12 and later; an older
+		// server ignores the setting and the ingest publishes one by one).
+		AllowAtomicPublish: true,
 	}, {
 		Name:        Results,
 		Description: "Enriched VerifEye outcomes as CloudEvents (verifeye-bridge)",

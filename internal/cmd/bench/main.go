@@ -60,6 +60,7 @@ type config struct {
 	enrich   bool
 	spool    bool
 	naive    bool
+	alone    bool
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -79,6 +80,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "LOG_LEVEL of the measured processes (info, the default, logs every webhook)")
 	fs.BoolVar(&cfg.enrich, "enrich", true, "let serve's enricher work (at VERIFEYE_RATE_LIMIT=50); false makes the fake API refuse the key, which pauses it, so serve's CPU is the ingest's alone")
 	fs.BoolVar(&cfg.spool, "spool", true, "also measure `ingest` against an external NATS: SPOOL=off, SPOOL=on, and SPOOL=on with NATS down (answers from the spool alone)")
+	fs.BoolVar(&cfg.alone, "alone", true, "also measure serve with NATS_EMBEDDED_SYNC=always, and ingest with SPOOL=off, publishing each webhook alone (INGEST_BATCH=1): the baselines of group commit")
 	fs.BoolVar(&cfg.keep, "keep", false, "keep the temporary directory (logs and stores)")
 	fs.BoolVar(&cfg.naive, "naive", true, "also measure the plain bridge (-role=plain) and `ingest` with default settings, each against a nats-server process of its own with default settings")
 	fs.StringVar(&cfg.role, "role", "", "internal: 'ceiling' serves the handler without publishing; 'plain' the plain bridge; 'nats' a nats-server")
@@ -198,6 +200,9 @@ func orchestrate(ctx context.Context, cfg config, stdout, stderr io.Writer) erro
 			&target{name: "plain bridge, external NATS", plain: true},
 			&target{name: "ingest, external NATS", ingest: true, extNATS: true, spool: "on"})
 	}
+	if cfg.alone {
+		targets = append(targets, groupCommitBaselines(targets)...)
+	}
 	env := benchEnv{bin: bin, self: self, tmp: tmp, apiKey: apiKey, apiURL: api.URL, logLevel: cfg.logLevel}
 
 	printMachine(stdout, cfg, bin)
@@ -211,6 +216,12 @@ func orchestrate(ctx context.Context, cfg config, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "\nPhase %d: %s, %v per target after a %v warm-up\n", i+1, ph.title, cfg.duration, cfg.warmup)
 		printHeader(stdout)
 		var all []*measurement
+		var disk fsyncStats // the disk's own fsync latency, for the paced sync=always p99
+		if ph.rate > 0 {
+			if disk, err = fsyncLatency(tmp, min(cfg.duration, 2*time.Second)); err != nil {
+				return err
+			}
+		}
 		for _, t := range targets {
 			// The disk's own fsync rate, just before: the bound on sync=always,
 			// where nats-server fsyncs every stored message in turn.
@@ -233,6 +244,7 @@ func orchestrate(ctx context.Context, cfg config, stdout, stderr io.Writer) erro
 			printRatios(stdout, targets, all)
 		} else {
 			printPaced(stdout, targets, all, ph.rate)
+			printGroupCommit(stdout, targets, all, ph.rate, disk)
 		}
 		printSpool(stdout, targets, all, ph.rate)
 		printNaive(stdout, targets, all, ph.rate)

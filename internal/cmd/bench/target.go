@@ -48,7 +48,10 @@ type target struct {
 	// ingest's when set, is a nats-server process with default settings.
 	plain   bool
 	extNATS bool
-	runs    int
+	// batch is INGEST_BATCH ("" the default): "1" publishes each webhook
+	// alone, the baseline of group commit.
+	batch string
+	runs  int
 }
 
 // measurement is one target under one phase.
@@ -334,6 +337,9 @@ func start(ctx context.Context, env benchEnv, t *target, dir string) (*process, 
 			"VERIFEYE_API_URL="+env.apiURL,
 			"LOG_LEVEL="+env.logLevel,
 		)
+	}
+	if t.batch != "" {
+		vars = append(vars, "INGEST_BATCH="+t.batch)
 	}
 	p.cmd.Env = vars
 	logf, err := os.Create(p.logPath)

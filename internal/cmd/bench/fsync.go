@@ -1,0 +1,79 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"time"
+)
+
+// fsyncStats is the disk's own fsync latency: one writer appending 128 bytes
+// and fsyncing, in turn, in the file system of the targets' DATA_DIR.
+type fsyncStats struct {
+	n        int
+	p50, p99 time.Duration
+}
+
+// fsyncLatency measures fsyncStats in dir during d.
+func fsyncLatency(dir string, d time.Duration) (fsyncStats, error) {
+	f, err := os.CreateTemp(dir, "fsync-")
+	if err != nil {
+		return fsyncStats{}, err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	buf := make([]byte, 128)
+	var lat []time.Duration
+	for start := time.Now(); time.Since(start) < d; {
+		t := time.Now()
+		if _, err := f.Write(buf); err != nil {
+			return fsyncStats{}, err
+		}
+		if err := f.Sync(); err != nil {
+			return fsyncStats{}, err
+		}
+		lat = append(lat, time.Since(t))
+	}
+	slices.Sort(lat)
+	at := func(q float64) time.Duration { return lat[min(len(lat)-1, int(q*float64(len(lat))))] }
+	return fsyncStats{n: len(lat), p50: at(0.50), p99: at(0.99)}, nil
+}
+
+// printGroupCommit compares the p99 of serve syncing every write, paced at
+// rate, with the disk's own fsync p99 measured just before: with group commit
+// a webhook waits for at most the batch in flight and its own, two fsyncs.
+func printGroupCommit(w io.Writer, targets []*target, all []*measurement, rate float64, disk fsyncStats) {
+	if disk.n == 0 {
+		return
+	}
+	fmt.Fprintf(w, "  Disk fsync (128 B append + fsync, same file system, %d rounds just before): p50 %s, p99 %s\n", disk.n, ms(disk.p50), ms(disk.p99))
+	for i, t := range targets {
+		if t.sync != "always" {
+			continue
+		}
+		m := all[i]
+		name := strings.TrimPrefix(t.name, "serve, ")
+		if !keptUp(m, rate) {
+			fmt.Fprintf(w, "  %s p99 vs disk fsync p99: not comparable, %.0f req/s answered of %.0f offered\n", name, m.res.Rate(), rate)
+			continue
+		}
+		fmt.Fprintf(w, "  %s p99 / disk fsync p99 at %.0f req/s: %.2f (target <= 2)\n", name, rate,
+			float64(m.res.Percentile(0.99))/float64(disk.p99))
+	}
+}
+
+// groupCommitBaselines returns, for the serve sync=always and ingest
+// SPOOL=off targets, the same target publishing each webhook alone.
+func groupCommitBaselines(targets []*target) []*target {
+	var out []*target
+	for _, t := range targets {
+		if (t.sync == "always" || (t.ingest && t.spool == "off" && !t.natsDown)) && t.batch == "" {
+			b := *t
+			b.name, b.batch = t.name+", INGEST_BATCH=1", "1"
+			out = append(out, &b)
+		}
+	}
+	return out
+}
