@@ -5,13 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -114,8 +111,7 @@ func WithOutcome(outcomes ...string) Option {
 }
 
 // WithConcurrency sets how many handlers run at once (default 1). It is also
-// the most messages this process holds: Consume asks the server only for as
-// many as there are idle workers.
+// the most messages this process holds: Consume fetches only for idle workers.
 func WithConcurrency(n int) Option { return func(o *options) { o.concurrency = max(n, 1) } }
 
 // WithBackoff sets the delay before a message whose handler failed is
@@ -203,16 +199,16 @@ func (o *options) consumerConfig(durable string) jetstream.ConsumerConfig {
 // replicas of one service use the same name and share the outcomes between
 // them (and must pass the same filter options).
 //
-// Up to WithConcurrency handlers run at once, and Consume asks the server only
-// for messages an idle worker can take at once, so no message waits in a
-// local buffer while its ack deadline runs out. While a handler runs, Consume
-// tells the server it is still in progress. Delivery is at least once: a crash
-// between the handler's success and the acknowledgement delivers the outcome
-// again, so handlers must be idempotent (the session ID is the key).
+// Up to WithConcurrency handlers run at once, and Consume fetches a message
+// only for an idle worker, so no message waits in a local buffer while its
+// ack deadline runs out. While a handler runs, Consume tells the server it is
+// still in progress. Delivery is at least once: a crash between the handler's
+// success and the acknowledgement delivers the outcome again, so handlers must
+// be idempotent (the session ID is the key).
 //
 // Consume returns nil once ctx has ended and the handlers that were running
 // have returned; an error if the consumer cannot be created or h is nil.
-// Messages received but not yet handled when ctx ends are released for
+// Messages fetched but not yet handled when ctx ends are released for
 // redelivery at once.
 func Consume(ctx context.Context, js jetstream.JetStream, durable string, h Handler, opts ...Option) error {
 	if h == nil {
@@ -233,275 +229,182 @@ func Consume(ctx context.Context, js jetstream.JetStream, durable string, h Hand
 	if ackWait <= 0 {
 		ackWait = 30 * time.Second
 	}
-	nc := js.Conn()
-	p := &puller{
-		nc:        nc,
-		subject:   apiPrefix(js.Options()) + "CONSUMER.MSG.NEXT." + StreamResults + "." + cons.CachedInfo().Name,
-		inbox:     nc.NewInbox(),
-		threshold: int64(max(1, o.concurrency/4)),
-		wake:      make(chan struct{}, 1),
-	}
-	p.free.Store(int64(o.concurrency))
-	// Room for every message the accounting allows, and for stale ones a
-	// reset may let through; a full channel would drop a message (it would
-	// then come again after the ack wait).
-	msgs := make(chan *nats.Msg, 4*o.concurrency+64)
-	sub, err := nc.ChanSubscribe(p.inbox, msgs)
-	if err != nil {
-		return fmt.Errorf("outcome: consume: subscribe: %w", err)
-	}
-	defer sub.Unsubscribe()
-	connected := nc.StatusChanged(nats.CONNECTED)
-	defer nc.RemoveStatusListener(connected)
+	r := &runner{h: h, o: &o, progress: ackWait / 3, handlerCtx: context.WithoutCancel(ctx)}
 
-	r := &runner{h: h, o: &o, handlerCtx: context.WithoutCancel(ctx), inFlight: make([]atomic.Pointer[nats.Msg], o.concurrency)}
-	var workers sync.WaitGroup
-	for i := range o.concurrency {
-		workers.Go(func() { r.work(ctx, p, msgs, &r.inFlight[i]) })
+	// idle counts the workers with nothing to do. The fetcher asks the server
+	// for exactly that many messages and subtracts them, so this process never
+	// holds more messages than WithConcurrency. Like the library's own
+	// Consume, it asks again when a quarter of the workers are idle (or when no
+	// request is outstanding), so requests carry batches, not single messages,
+	// and workers wake the fetcher only then.
+	threshold := int64(max(1, o.concurrency/4))
+	var idle, outstanding atomic.Int64
+	idle.Store(int64(o.concurrency))
+	wake := make(chan struct{}, 1)
+	signal := func() {
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	}
+	release := func(k int64) {
+		if idle.Add(k) >= threshold || outstanding.Load() == 0 {
+			signal()
+		}
+	}
+	// work never blocks a sender: a message is fetched only for an idle
+	// worker. A fixed pool of workers, each with its own progress timer.
+	work := make(chan jetstream.Msg, o.concurrency)
+	var workers, wg sync.WaitGroup
+	for range o.concurrency {
+		workers.Go(func() {
+			p := r.newProgress()
+			for msg := range work {
+				r.handle(msg, p)
+				release(1)
+			}
+		})
 	}
 	defer func() {
-		// Stop deliveries first: no request is answered any more.
-		_ = sub.Unsubscribe()
+		wg.Wait() // every request has ended: nothing more is sent on work
+		close(work)
 		workers.Wait()
-		for {
-			select {
-			case msg := <-msgs:
-				if p.userMsg(msg) {
-					_ = msg.Nak() // redeliver at once, elsewhere
-				}
-			default:
-				return
-			}
-		}
 	}()
-
-	// One ticker for every message in flight: progress for the handlers
-	// still running, and a check that an outstanding request is alive (the
-	// server sends heartbeats while it waits).
-	every := min(ackWait/3, 2*pullHeartbeat)
-	tick := time.NewTicker(every)
-	defer tick.Stop()
-	var seen uint64
-	var quiet int
+	// failed is set when a request ended with an error and no message: the
+	// connection is away, or someone deleted the consumer.
+	var failed atomic.Bool
 	for {
-		if p.failed.Swap(false) {
-			p.reset()
+		if failed.Swap(false) {
 			select {
 			case <-time.After(time.Second):
 			case <-ctx.Done():
 				return nil
 			}
 			// Bind again, or create the consumer again if it was deleted.
-			_, _ = js.CreateOrUpdateConsumer(ctx, StreamResults, o.consumerConfig(durable))
+			if c, err := js.CreateOrUpdateConsumer(ctx, StreamResults, o.consumerConfig(durable)); err == nil {
+				cons = c
+			}
 		}
-		if err := p.request(); err != nil {
-			p.failed.Store(true)
+		n := idle.Load()
+		if n < threshold && (n == 0 || outstanding.Load() > 0) {
+			select {
+			case <-wake:
+				continue
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		batch, cancel, err := fetch(ctx, cons, int(n))
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			failed.Store(true) // try again shortly
 			continue
 		}
-		select {
-		case <-p.wake:
-		case <-connected:
-			// Requests do not survive a reconnect: ask again.
-			p.reset()
-		case <-tick.C:
-			for i := range r.inFlight {
-				if msg := r.inFlight[i].Load(); msg != nil {
-					_ = msg.InProgress()
+		idle.Add(-n)
+		outstanding.Add(1)
+		// The batch streams its messages as they arrive: hand each to a
+		// worker at once, and give back what it did not use.
+		wg.Go(func() {
+			defer cancel()
+			var got int64
+			for msg := range batch.Messages() {
+				got++
+				if ctx.Err() != nil {
+					_ = msg.Nak() // redeliver at once, elsewhere
+					release(1)
+					continue
 				}
+				work <- msg
 			}
-			// Nothing at all, not even a heartbeat, for two ticks while
-			// requests are outstanding: they are gone.
-			if n := p.received.Load(); n != seen || p.outstanding.Load() <= 0 {
-				seen, quiet = n, 0
-			} else if quiet++; quiet >= 2 {
-				quiet = 0
-				p.reset()
+			if got == 0 && batch.Error() != nil && ctx.Err() == nil {
+				failed.Store(true)
 			}
-		case <-ctx.Done():
-			return nil
-		}
+			outstanding.Add(-1)
+			release(n - got)
+			signal()
+		})
 	}
 }
 
-// pullExpires and pullHeartbeat shape every pull request: it waits up to
-// pullExpires for messages, and the server sends a heartbeat every
-// pullHeartbeat meanwhile.
-const (
-	pullExpires   = 30 * time.Second
-	pullHeartbeat = 5 * time.Second
-)
-
-// apiPrefix returns the JetStream API prefix js sends its requests to.
-func apiPrefix(o jetstream.JetStreamOptions) string {
-	switch {
-	case o.APIPrefix != "":
-		return strings.TrimSuffix(o.APIPrefix, ".") + "."
-	case o.Domain != "":
-		return "$JS." + o.Domain + ".API."
+// fetch asks for n messages with a request that lasts at most 30 s (the
+// server then sends heartbeats) or until ctx ends; cancel ends it sooner.
+func fetch(ctx context.Context, cons jetstream.Consumer, n int) (jetstream.MessageBatch, context.CancelFunc, error) {
+	fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	batch, err := cons.Fetch(n, jetstream.FetchContext(fctx))
+	if err != nil {
+		cancel()
+		return nil, nil, err
 	}
-	return jetstream.DefaultAPIPrefix
-}
-
-// puller keeps pull requests outstanding on one inbox for exactly the
-// workers that are free, so this process never holds more messages than
-// WithConcurrency: free + outstanding + running handlers = concurrency.
-// Requests are pipelined: the next goes out when a quarter of the workers
-// are free (or none is outstanding), while the others still work.
-type puller struct {
-	nc        *nats.Conn
-	subject   string
-	inbox     string
-	threshold int64
-
-	free        atomic.Int64 // workers neither busy nor covered by a request; below 0 after stale deliveries
-	outstanding atomic.Int64 // messages requested and not yet received
-	received    atomic.Uint64
-	failed      atomic.Bool
-	wake        chan struct{}
-}
-
-func (p *puller) signal() {
-	select {
-	case p.wake <- struct{}{}:
-	default:
-	}
-}
-
-// request asks for the free workers' messages, if enough are free. Workers
-// call it as they finish, so the next request is on its way while the
-// others still work; it is safe for concurrent use.
-func (p *puller) request() error {
-	for {
-		n := p.free.Load()
-		if n <= 0 || (n < p.threshold && p.outstanding.Load() > 0) {
-			return nil
-		}
-		if !p.free.CompareAndSwap(n, 0) {
-			continue
-		}
-		// Counted before it is sent: the first message may arrive before
-		// PublishRequest returns.
-		p.outstanding.Add(n)
-		body := fmt.Appendf(nil, `{"batch":%d,"expires":%d,"idle_heartbeat":%d}`, n, pullExpires.Nanoseconds(), pullHeartbeat.Nanoseconds())
-		if err := p.nc.PublishRequest(p.subject, p.inbox, body); err != nil {
-			p.reset()
-			return err
-		}
-		return nil
-	}
-}
-
-// reset forgets every outstanding request (expired, lost in a reconnect, or
-// made void): their messages count as free again.
-func (p *puller) reset() { p.free.Add(p.outstanding.Swap(0)) }
-
-// settle takes k messages off the outstanding count (at most what is
-// outstanding) and returns how many it took.
-func (p *puller) settle(k int64) int64 {
-	for {
-		o := p.outstanding.Load()
-		d := min(o, k)
-		if d <= 0 {
-			return 0
-		}
-		if p.outstanding.CompareAndSwap(o, o-d) {
-			return d
-		}
-	}
-}
-
-// userMsg reports whether msg is an outcome; a status message from the
-// server (heartbeat, a request's end) is accounted for and gives false.
-func (p *puller) userMsg(msg *nats.Msg) bool {
-	p.received.Add(1)
-	status := ""
-	if len(msg.Data) == 0 && msg.Header != nil {
-		status = msg.Header.Get("Status")
-	}
-	if status == "" {
-		// A worker takes it: from the outstanding request, or from the
-		// free ones for a delivery the accounting no longer expected.
-		if p.settle(1) == 0 {
-			p.free.Add(-1)
-		}
-		return true
-	}
-	switch pending := msg.Header.Get("Nats-Pending-Messages"); {
-	case status == "100": // heartbeat or flow control
-		if msg.Reply != "" {
-			_ = msg.Respond(nil)
-		}
-	case pending != "":
-		// The request ended (expired, or cut short) with this many
-		// messages undelivered: ask for them again.
-		if k, err := strconv.ParseInt(pending, 10, 64); err == nil && k > 0 {
-			p.free.Add(p.settle(k))
-		}
-		p.signal()
-	default:
-		// Consumer deleted, leadership change, no responders, a refused
-		// request: bind again and start over.
-		p.failed.Store(true)
-		p.signal()
-	}
-	return false
-}
-
-// done returns a finished worker to the free ones, and asks for messages
-// when enough are free.
-func (p *puller) done() {
-	p.free.Add(1)
-	if p.request() != nil {
-		p.failed.Store(true)
-		p.signal()
-	}
+	return batch, cancel, nil
 }
 
 type runner struct {
 	h          Handler
 	o          *options
+	progress   time.Duration
 	handlerCtx context.Context
-	// inFlight holds each worker's message while its handler runs, for the
-	// progress ticker.
-	inFlight []atomic.Pointer[nats.Msg]
 }
 
-// work handles messages from msgs until ctx ends; slot holds the message
-// being handled.
-func (r *runner) work(ctx context.Context, p *puller, msgs <-chan *nats.Msg, slot *atomic.Pointer[nats.Msg]) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case msg := <-msgs:
-			if !p.userMsg(msg) {
-				continue
-			}
-			if ctx.Err() != nil {
-				_ = msg.Nak() // redeliver at once, elsewhere
-			} else {
-				r.handle(msg, slot)
-			}
-			p.done()
-		}
+// progress tells the server that a message is still being handled, every
+// third of the ack wait. One per worker, reused for each message.
+type progress struct {
+	mu    sync.Mutex
+	msg   jetstream.Msg // nil while idle
+	t     *time.Timer
+	every time.Duration
+}
+
+func (r *runner) newProgress() *progress {
+	p := &progress{every: r.progress}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.t = time.AfterFunc(time.Hour, p.fire)
+	p.t.Stop()
+	return p
+}
+
+func (p *progress) fire() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.msg != nil {
+		_ = p.msg.InProgress()
+		p.t.Reset(p.every)
 	}
 }
 
+func (p *progress) start(msg jetstream.Msg) {
+	p.mu.Lock()
+	p.msg = msg
+	p.t.Reset(p.every)
+	p.mu.Unlock()
+}
+
+func (p *progress) done() {
+	p.mu.Lock()
+	p.msg = nil
+	p.t.Stop()
+	p.mu.Unlock()
+}
+
 // handle runs the handler for one message and settles the message.
-func (r *runner) handle(msg *nats.Msg, slot *atomic.Pointer[nats.Msg]) {
-	ev, err := Decode(msg.Data)
+func (r *runner) handle(msg jetstream.Msg, p *progress) {
+	ev, err := Decode(msg.Data())
 	if err != nil {
 		_ = msg.Term()
 		r.report(msg, &DeliveryError{Terminated: true, Err: err})
 		return
 	}
 	ctx := r.handlerCtx
-	if tp := msg.Header.Get(HeaderTraceparent); tp != "" {
-		ctx = context.WithValue(ctx, traceKey{}, trace{parent: tp, state: msg.Header.Get(HeaderTracestate)})
+	if h := msg.Headers(); h != nil {
+		if tp := h.Get(HeaderTraceparent); tp != "" {
+			ctx = context.WithValue(ctx, traceKey{}, trace{parent: tp, state: h.Get(HeaderTracestate)})
+		}
 	}
-	slot.Store(msg)
+	p.start(msg)
 	err = r.call(ctx, ev)
-	slot.Store(nil)
+	p.done()
 	if err == nil {
 		_ = msg.Ack()
 		return
@@ -531,11 +434,11 @@ func (r *runner) call(ctx context.Context, ev *Event) (err error) {
 
 // report completes err with the message's place in the stream and hands it
 // to the error function.
-func (r *runner) report(msg *nats.Msg, err *DeliveryError) {
+func (r *runner) report(msg jetstream.Msg, err *DeliveryError) {
 	if r.o.onError == nil {
 		return
 	}
-	err.Subject = msg.Subject
+	err.Subject = msg.Subject()
 	if md, mdErr := msg.Metadata(); mdErr == nil {
 		err.Sequence, err.Attempt = md.Sequence.Stream, md.NumDelivered
 	}
