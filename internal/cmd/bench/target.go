@@ -45,6 +45,7 @@ type target struct {
 	spool    string
 	natsDown bool
 	runs     int
+	env      []string // more environment variables for the process
 }
 
 // measurement is one target under one phase.
@@ -301,7 +302,7 @@ func start(env benchEnv, t *target, dir string) (*process, error) {
 			"LOG_LEVEL="+env.logLevel,
 		)
 	}
-	p.cmd.Env = vars
+	p.cmd.Env = append(vars, t.env...)
 	logf, err := os.Create(p.logPath)
 	if err != nil {
 		p.stopNATS()
