@@ -93,6 +93,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	cfg.syncs = strings.Split(syncs, ",")
+	if cfg.memory != "on" && cfg.memory != "off" && cfg.memory != "only" {
+		fmt.Fprintf(stderr, "bench: -memory: %q is not on, off or only\n", cfg.memory)
+		return 2
+	}
 	for r := range strings.SplitSeq(rates, ",") {
 		if r = strings.TrimSpace(r); r == "" {
 			continue
