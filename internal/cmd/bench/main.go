@@ -61,6 +61,9 @@ type config struct {
 	spool    bool
 	naive    bool
 	alone    bool
+	memory   string
+	backlog  int
+	hold     time.Duration
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -81,6 +84,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&cfg.enrich, "enrich", true, "let serve's enricher work (at VERIFEYE_RATE_LIMIT=50); false makes the fake API refuse the key, which pauses it, so serve's CPU is the ingest's alone")
 	fs.BoolVar(&cfg.spool, "spool", true, "also measure `ingest` against an external NATS: SPOOL=off, SPOOL=on, and SPOOL=on with NATS down (answers from the spool alone)")
 	fs.BoolVar(&cfg.alone, "alone", true, "also measure serve with NATS_EMBEDDED_SYNC=always, and ingest with SPOOL=off, publishing each webhook alone (INGEST_BATCH=1): the baselines of group commit")
+	fs.StringVar(&cfg.memory, "memory", "on", "the memory phase (resident memory of ingest at 1,000 req/s and of serve holding -backlog webhooks with the API paused): on, off, or only")
+	fs.IntVar(&cfg.backlog, "backlog", 100_000, "webhooks serve holds in the memory phase")
+	fs.DurationVar(&cfg.hold, "hold", 10*time.Second, "how long after the backlog is in the memory phase samples serve holding it (Go collects garbage at least every 2 minutes)")
 	fs.BoolVar(&cfg.keep, "keep", false, "keep the temporary directory (logs and stores)")
 	fs.BoolVar(&cfg.naive, "naive", true, "also measure the plain bridge (-role=plain) and `ingest` with default settings, each against a nats-server process of its own with default settings")
 	fs.StringVar(&cfg.role, "role", "", "internal: 'ceiling' serves the handler without publishing; 'plain' the plain bridge; 'nats' a nats-server")
@@ -98,6 +104,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if s = strings.TrimSpace(s); s != "" {
 			cfg.syncs = append(cfg.syncs, s)
 		}
+	}
+	if cfg.memory != "on" && cfg.memory != "off" && cfg.memory != "only" {
+		fmt.Fprintf(stderr, "bench: -memory: %q is not on, off or only\n", cfg.memory)
+		return 2
 	}
 	for r := range strings.SplitSeq(rates, ",") {
 		if r = strings.TrimSpace(r); r == "" {
@@ -212,6 +222,9 @@ func orchestrate(ctx context.Context, cfg config, stdout, stderr io.Writer) erro
 	}
 
 	var failures []string
+	if cfg.memory == "only" {
+		phases = nil
+	}
 	for i, ph := range phases {
 		fmt.Fprintf(stdout, "\nPhase %d: %s, %v per target after a %v warm-up\n", i+1, ph.title, cfg.duration, cfg.warmup)
 		printHeader(stdout)
@@ -248,6 +261,13 @@ func orchestrate(ctx context.Context, cfg config, stdout, stderr io.Writer) erro
 		}
 		printSpool(stdout, targets, all, ph.rate)
 		printNaive(stdout, targets, all, ph.rate)
+	}
+	if cfg.memory != "off" {
+		p, err := memoryPhase(ctx, cfg, env, cfg.backlog, stdout)
+		if err != nil {
+			return fmt.Errorf("memory: %w", err)
+		}
+		failures = append(failures, p...)
 	}
 	fmt.Fprintf(stdout, "\nLoad average after: %s\n", loadAvg())
 	if len(failures) > 0 {

@@ -52,6 +52,7 @@ type target struct {
 	// alone, the baseline of group commit.
 	batch string
 	runs  int
+	env   []string // more environment variables for the process
 }
 
 // measurement is one target under one phase.
@@ -341,7 +342,7 @@ func start(ctx context.Context, env benchEnv, t *target, dir string) (*process, 
 	if t.batch != "" {
 		vars = append(vars, "INGEST_BATCH="+t.batch)
 	}
-	p.cmd.Env = vars
+	p.cmd.Env = append(vars, t.env...)
 	logf, err := os.Create(p.logPath)
 	if err != nil {
 		p.stopNATS()
