@@ -36,13 +36,18 @@ type APIClient interface {
 // Options tune the enricher; zero fields take the documented defaults.
 type Options struct {
 	Subjects    streams.Subjects
-	Consumer    string        // durable consumer name, "enricher"
-	Concurrency int           // workers, 16
-	RateLimit   float64       // API calls per second, 0 = no cap
-	MaxAttempts int           // deliveries before the DLQ, 10
-	AckWait     time.Duration // 30 s
-	AuthRetry   time.Duration // retry interval while the API answers 401/403, 30 s
-	Policy      Policy        // zero fields take DefaultPolicy's; Policy.MaxAttempts follows MaxAttempts
+	Consumer    string  // durable consumer name, "enricher"
+	Concurrency int     // workers, 16
+	RateLimit   float64 // API calls per second, 0 = no cap
+	MaxAttempts int     // deliveries before the DLQ, 10
+	// AckWait is how long JetStream waits for news of a delivered webhook
+	// before it hands it to another replica: the failover time when an
+	// enricher dies mid-enrichment. 5 s. It bounds no stage: while a message
+	// is held, whatever the stage, the enricher reports progress every
+	// AckWait/3.
+	AckWait   time.Duration
+	AuthRetry time.Duration // retry interval while the API answers 401/403, 30 s
+	Policy    Policy        // zero fields take DefaultPolicy's; Policy.MaxAttempts follows MaxAttempts
 	// Registerer receives the enricher's collectors; nil means none.
 	Registerer prometheus.Registerer
 	// Tracing records a span per enrichment and per API call; nil records none.
@@ -67,7 +72,7 @@ func (o *Options) defaults() {
 		o.MaxAttempts = 10
 	}
 	if o.AckWait <= 0 {
-		o.AckWait = 30 * time.Second
+		o.AckWait = DefaultAckWait
 	}
 	if o.AuthRetry <= 0 {
 		o.AuthRetry = 30 * time.Second
@@ -90,6 +95,17 @@ func (o *Options) defaults() {
 	}
 	o.Policy.MaxAttempts = o.MaxAttempts
 }
+
+// DefaultAckWait is Options.AckWait's default. A replica that dies holding
+// webhooks delays them by about this much; a live one reports progress three
+// times per ack wait, so even a slow connection to NATS has two chances to
+// spare before a redelivery (and a second API call) could happen.
+const DefaultAckWait = 5 * time.Second
+
+// stageTimeout bounds the outcome's publish, the ledger writes and the ack
+// after a decision, however short the ack wait: the lease is kept alive
+// meanwhile, so a slow NATS delays the webhook instead of failing it.
+const stageTimeout = 10 * time.Second
 
 // Publisher publishes to JetStream and waits for the acknowledgement.
 type Publisher interface {
@@ -150,7 +166,9 @@ func (e *Enricher) ConsumerConfig() jetstream.ConsumerConfig {
 		FilterSubject: e.opts.Subjects.CompletedFilter(),
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       e.opts.AckWait,
+		// No BackOff: it would replace AckWait for the redeliveries after a
+		// timeout, which are exactly the failovers AckWait keeps short.
+		AckWait: e.opts.AckWait,
 		// One more delivery than attempts: that one dead-letters a crash loop
 		// before calling the API; beyond it, the max-deliveries advisory does.
 		MaxDeliver: e.opts.MaxAttempts + 1,
@@ -263,15 +281,21 @@ func (e *Enricher) recreateConsumer(ctx context.Context) {
 	e.log.Warn().Str("consumer", e.opts.Consumer).Msg("the enricher consumer was gone: re-created")
 }
 
-// handle enriches one webhook message. Its stages have contexts of their own,
-// each derived from live, which outlives shutdown (a fetched message is
-// finished, not abandoned) and carries the enrichment's span:
-//   - the call stage: each API call gets one ack wait (callCtx, in call);
+// handle enriches one webhook message, holding its lease (see lease) from
+// start to finish. Its stages have contexts of their own, each derived from
+// live, which outlives shutdown (a fetched message is finished, not
+// abandoned) and carries the enrichment's span:
+//   - the call stage: each API call is bounded by the API client's own timeout
+//     (VERIFEYE_API_TIMEOUT), not by the ack wait;
 //   - the pause: while the API refuses the key, the message is held until stop
 //     (the Run context) ends, the only thing stop ends;
 //   - the settle stage: publishing the outcome, the DLQ entry or the nak, and
-//     the ack, get one ack wait from when the decision is made (settleCtx).
-func (e *Enricher) handle(stop context.Context, msg jetstream.Msg) {
+//     the ack, get stageTimeout (or the ack wait, if longer) from when the
+//     decision is made (settleCtx).
+func (e *Enricher) handle(stop context.Context, fetched jetstream.Msg) {
+	lm := e.lease(fetched)
+	defer lm.release()
+	var msg jetstream.Msg = lm
 	live, span := e.opts.Tracing.StartConsumer(context.WithoutCancel(stop), "enrich", msg.Headers())
 	defer span.End()
 	meta, err := msg.Metadata()
@@ -321,7 +345,7 @@ func (e *Enricher) handle(stop context.Context, msg jetstream.Msg) {
 		}
 	}
 
-	settleCtx, cancel := context.WithTimeout(live, e.opts.AckWait)
+	settleCtx, cancel := context.WithTimeout(live, max(e.opts.AckWait, stageTimeout))
 	defer cancel()
 	switch d.Action {
 	case Publish:
@@ -416,7 +440,7 @@ func (e *Enricher) release(ctx context.Context, msg jetstream.Msg, log zerolog.L
 // error, which d classifies.
 func (e *Enricher) callStage(stop, live context.Context, msg jetstream.Msg, session string, attempt int, reconciled bool) (res *verifeye.Result, d Decision, held bool, apiErr error) {
 	for {
-		res, apiErr = e.call(live, msg, session)
+		res, apiErr = e.call(live, session)
 		d = e.opts.Policy.Decide(apiErr, attempt, rand.Float64())
 		if reconciled {
 			d = e.opts.Policy.DecideReconciled(apiErr, attempt, rand.Float64())
@@ -427,60 +451,94 @@ func (e *Enricher) callStage(stop, live context.Context, msg jetstream.Msg, sess
 		}
 		e.pause(d.Status, apiErr)
 		// Honour the rate limit for the probe too.
-		if !e.holdFor(stop, msg, e.opts.AuthRetry) || e.lim.Wait(stop) != nil {
+		if !holdFor(stop, e.opts.AuthRetry) || e.lim.Wait(stop) != nil {
 			_ = msg.NakWithDelay(e.opts.AuthRetry)
 			return nil, d, false, apiErr
 		}
 	}
 }
 
-// call runs one API call within an ack wait of its own (callCtx), telling
-// JetStream the message is in progress while it runs so a slow call does not
-// end in a redelivery.
-func (e *Enricher) call(live context.Context, msg jetstream.Msg, session string) (*verifeye.Result, error) {
-	callCtx, cancel := context.WithTimeout(live, e.opts.AckWait)
-	defer cancel()
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		t := time.NewTicker(max(e.opts.AckWait/3, 100*time.Millisecond))
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				_ = msg.InProgress()
-			}
-		}
-	}()
+// call runs one API call. The API client bounds it (VERIFEYE_API_TIMEOUT);
+// the ack wait does not, as the lease is kept alive meanwhile: a call slower
+// than the ack wait is still one call.
+func (e *Enricher) call(live context.Context, session string) (*verifeye.Result, error) {
 	start := time.Now()
-	callCtx, span := e.opts.Tracing.StartClient(callCtx, "GET /v1/verification/get-session-result")
+	callCtx, span := e.opts.Tracing.StartClient(live, "GET /v1/verification/get-session-result")
 	res, err := e.api.GetSessionResult(callCtx, session)
 	tracing.End(span, err)
 	e.m.observeCall(err, time.Since(start))
 	return res, err
 }
 
-// holdFor waits d while keeping msg in progress; false if stop ended first.
-func (e *Enricher) holdFor(stop context.Context, msg jetstream.Msg, d time.Duration) bool {
-	// At once too: a hold shorter than the tick, repeated, would otherwise
-	// let the ack wait run out between the calls' own ticks.
-	_ = msg.InProgress()
+// holdFor waits d (msg's lease is kept alive meanwhile); false if stop ended
+// first.
+func holdFor(stop context.Context, d time.Duration) bool {
 	deadline := time.NewTimer(d)
 	defer deadline.Stop()
-	tick := time.NewTicker(max(e.opts.AckWait/3, 100*time.Millisecond))
-	defer tick.Stop()
-	for {
-		select {
-		case <-stop.Done():
-			return false
-		case <-deadline.C:
-			return true
-		case <-tick.C:
-			_ = msg.InProgress()
-		}
+	select {
+	case <-stop.Done():
+		return false
+	case <-deadline.C:
+		return true
 	}
+}
+
+// leasedMsg is a fetched webhook whose ack deadline the enricher keeps from
+// running out while it works on it. Its final answers (Ack, DoubleAck, Nak,
+// NakWithDelay, Term, TermWithReason) first stop the progress reports, so none
+// follows the answer: a progress report after a NakWithDelay would replace
+// the delay with a whole ack wait.
+type leasedMsg struct {
+	jetstream.Msg
+	once sync.Once
+	done chan struct{} // closed to stop the reports
+	gone chan struct{} // closed when the reporter has returned
+}
+
+// lease starts reporting msg in progress every AckWait/3, until an answer is
+// given or release is called. Every stage is covered, not only the API call:
+// the ledger writes, a pause, the outcome's publish (and any slow NATS under
+// them) hold the message as long as they take, and only a dead process lets
+// the ack wait run out. That is what allows a short ack wait, hence a fast
+// failover, without a redelivery (a second API call) under load.
+func (e *Enricher) lease(msg jetstream.Msg) *leasedMsg {
+	lm := &leasedMsg{Msg: msg, done: make(chan struct{}), gone: make(chan struct{})}
+	every := max(e.opts.AckWait/3, 100*time.Millisecond)
+	go func() {
+		defer close(lm.gone)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-lm.done:
+				return
+			case <-t.C:
+				_ = msg.InProgress()
+			}
+		}
+	}()
+	return lm
+}
+
+// release stops the progress reports and waits until none can be sent.
+func (m *leasedMsg) release() {
+	m.once.Do(func() { close(m.done) })
+	<-m.gone
+}
+
+func (m *leasedMsg) Ack() error { m.release(); return m.Msg.Ack() }
+
+func (m *leasedMsg) DoubleAck(ctx context.Context) error { m.release(); return m.Msg.DoubleAck(ctx) }
+
+func (m *leasedMsg) Nak() error { m.release(); return m.Msg.Nak() }
+
+func (m *leasedMsg) NakWithDelay(d time.Duration) error { m.release(); return m.Msg.NakWithDelay(d) }
+
+func (m *leasedMsg) Term() error { m.release(); return m.Msg.Term() }
+
+func (m *leasedMsg) TermWithReason(reason string) error {
+	m.release()
+	return m.Msg.TermWithReason(reason)
 }
 
 func (e *Enricher) publish(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, log zerolog.Logger, source, session string, res *verifeye.Result) {
