@@ -313,6 +313,7 @@ func (e *Enricher) handle(stop context.Context, fetched jetstream.Msg) {
 
 	var (
 		session string
+		ledger  *entry // the session's ledger entry as received wrote it; nil if unknown
 		res     *verifeye.Result
 		d       Decision
 		detail  string
@@ -332,7 +333,8 @@ func (e *Enricher) handle(stop context.Context, fetched jetstream.Msg) {
 		if span.IsRecording() {
 			span.SetAttributes(attribute.String("verifeye.session_id", session), attribute.String("verifeye.source", source), attribute.Int("verifeye.attempt", attempt))
 		}
-		if e.received(live, msg, log, source, session) {
+		var done bool
+		if ledger, done = e.received(live, msg, log, source, session); done {
 			return // enriched before: acked, no second outcome
 		}
 		var held bool
@@ -349,7 +351,7 @@ func (e *Enricher) handle(stop context.Context, fetched jetstream.Msg) {
 	defer cancel()
 	switch d.Action {
 	case Publish:
-		e.publish(settleCtx, msg, meta, log, source, session, res)
+		e.publish(settleCtx, msg, meta, log, source, session, res, ledger)
 	case Retry:
 		e.attempted(settleCtx, log, session, attempt, d.Status)
 		e.m.enrichments.WithLabelValues("retried", d.Reason).Inc()
@@ -372,13 +374,17 @@ func reconciled(msg jetstream.Msg) bool {
 
 // received writes the session's ledger entry received, unless it is enriched
 // already: then (for a webhook other than a replay) it acks msg and returns
-// true, so a webhook that comes again, however late, makes no API call and
+// done, so a webhook that comes again, however late, makes no API call and
 // no second outcome. A ledger that cannot be read or written does not stop
 // the enrichment (the results stream's de-duplication still holds inside its
-// window); the failure is logged and counted.
-func (e *Enricher) received(ctx context.Context, msg jetstream.Msg, log zerolog.Logger, source, session string) bool {
+// window); the failure is logged and counted, and the entry returned is nil.
+//
+// The write first assumes the session is new (the common case: one round
+// trip, a create); an existing entry makes that create fail, and the entry
+// is then read and updated as usual.
+func (e *Enricher) received(ctx context.Context, msg jetstream.Msg, log zerolog.Logger, source, session string) (en *entry, done bool) {
 	replay := msg.Headers().Get(streams.HeaderReplay) != ""
-	cur, err := e.ldg.Update(ctx, session, func(cur *outcome.Session) *outcome.Session {
+	written, err := e.ldg.update(ctx, session, &entry{}, func(cur *outcome.Session) *outcome.Session {
 		if cur == nil {
 			return &outcome.Session{SessionID: session, Source: source, State: outcome.StateReceived}
 		}
@@ -393,17 +399,17 @@ func (e *Enricher) received(ctx context.Context, msg jetstream.Msg, log zerolog.
 	})
 	if err != nil {
 		e.ledgerErr.Do(func() { log.Warn().Err(err).Msg("cannot write the session ledger; enriching anyway") })
-		return false
+		return nil, false
 	}
-	if cur.State != outcome.StateEnriched || replay {
-		return false
+	if cur := written.s; cur.State != outcome.StateEnriched || replay {
+		return &written, false
 	}
 	if err := msg.DoubleAck(ctx); err != nil {
 		log.Warn().Err(err).Msg("ack of an already enriched session not confirmed")
 	}
 	e.m.enrichments.WithLabelValues("already_enriched", "").Inc()
 	log.Info().Str("decision", "skip").Msg("session already enriched: webhook acknowledged without an API call")
-	return true
+	return nil, true
 }
 
 // release acks a reconciled webhook whose session the API does not know yet,
@@ -541,7 +547,7 @@ func (m *leasedMsg) TermWithReason(reason string) error {
 	return m.Msg.TermWithReason(reason)
 }
 
-func (e *Enricher) publish(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, log zerolog.Logger, source, session string, res *verifeye.Result) {
+func (e *Enricher) publish(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, log zerolog.Logger, source, session string, res *verifeye.Result, ledger *entry) {
 	received := meta.Timestamp
 	if t, err := time.Parse(time.RFC3339Nano, msg.Headers().Get(streams.HeaderReceivedAt)); err == nil {
 		received = t
@@ -572,8 +578,14 @@ func (e *Enricher) publish(ctx context.Context, msg jetstream.Msg, meta *jetstre
 		_ = msg.NakWithDelay(d)
 		return
 	}
-	e.enriched(ctx, log, source, session, body, ack.Sequence, rec, int(meta.NumDelivered))
-	if err := msg.DoubleAck(ctx); err != nil {
+	if e.enriched(ctx, log, source, session, body, ack.Sequence, rec, int(meta.NumDelivered), ledger) {
+		// The ledger holds the session enriched: should this ack be lost, the
+		// redelivery is acked without an API call (received), so the ack
+		// need not wait for the server's confirmation.
+		if err := msg.Ack(); err != nil {
+			log.Warn().Err(err).Msg("ack not sent; the redelivery will find the session enriched")
+		}
+	} else if err := msg.DoubleAck(ctx); err != nil {
 		// The outcome is stored; a redelivery is de-duplicated by its ID.
 		log.Warn().Err(err).Msg("ack not confirmed; a redelivery will be de-duplicated")
 	}
@@ -654,15 +666,17 @@ func (e *Enricher) waitUnpaused(ctx context.Context) bool {
 }
 
 // enriched writes the session's ledger entry enriched, with the outcome and
-// its sequence on the results stream, after the outcome's PubAck. An entry
-// enriched before (a replay's second outcome) keeps its first outcome.
-func (e *Enricher) enriched(ctx context.Context, log zerolog.Logger, source, session string, body []byte, seq uint64, rec bool, attempt int) {
+// its sequence on the results stream, after the outcome's PubAck, and reports
+// whether the ledger holds the session enriched now. An entry enriched before
+// (a replay's second outcome) keeps its first outcome. guess, if not nil, is
+// the entry as received wrote it: usually still current, it saves the read.
+func (e *Enricher) enriched(ctx context.Context, log zerolog.Logger, source, session string, body []byte, seq uint64, rec bool, attempt int, guess *entry) bool {
 	ev, err := outcome.Decode(body)
 	if err != nil { // the enricher's own encoding; defensive
 		log.Warn().Err(err).Msg("cannot decode the outcome for the session ledger")
-		return
+		return false
 	}
-	_, err = e.ldg.Update(ctx, session, func(cur *outcome.Session) *outcome.Session {
+	_, err = e.ldg.update(ctx, session, guess, func(cur *outcome.Session) *outcome.Session {
 		if cur == nil {
 			cur = &outcome.Session{SessionID: session, Source: source}
 		} else if cur.State == outcome.StateEnriched {
@@ -674,7 +688,9 @@ func (e *Enricher) enriched(ctx context.Context, log zerolog.Logger, source, ses
 	})
 	if err != nil {
 		e.ledgerErr.Do(func() { log.Warn().Err(err).Msg("cannot write the session ledger (enriched)") })
+		return false
 	}
+	return true
 }
 
 // deadLettered writes the session's ledger entry dead_lettered with the
