@@ -124,6 +124,9 @@ type Enricher struct {
 	m    *metrics
 	ldg  *Ledger
 
+	settles  chan struct{}  // one per settle running (see settle)
+	settling sync.WaitGroup // the settles running
+
 	running   atomic.Bool
 	fetchWarn rate.Sometimes // the "fetch failed" line: every worker fails alike while NATS is away
 	ledgerErr rate.Sometimes // the "ledger write failed" line
@@ -151,6 +154,7 @@ func New(js jetstream.JetStream, api APIClient, log zerolog.Logger, opts Options
 	m := newMetrics(opts.Registerer)
 	return &Enricher{
 		js: js, pub: pub, api: api, log: log, opts: opts, lim: lim, m: m, ldg: NewLedger(js, m.ledgerFailures),
+		settles:   make(chan struct{}, opts.Concurrency),
 		fetchWarn: rate.Sometimes{Interval: 10 * time.Second},
 		ledgerErr: rate.Sometimes{Interval: 10 * time.Second},
 		pauseLog:  &rate.Sometimes{Interval: opts.AuthRetry},
@@ -223,6 +227,7 @@ func (e *Enricher) Run(ctx context.Context) error {
 		wg.Go(func() { e.worker(ctx, cons) })
 	}
 	wg.Wait()
+	e.settling.Wait()
 	e.log.Info().Msg("enricher stopped")
 	return nil
 }
@@ -294,7 +299,12 @@ func (e *Enricher) recreateConsumer(ctx context.Context) {
 //     decision is made (settleCtx).
 func (e *Enricher) handle(stop context.Context, fetched jetstream.Msg) {
 	lm := e.lease(fetched)
-	defer lm.release()
+	handedOff := false // the outcome's settle runs on and answers msg
+	defer func() {
+		if !handedOff {
+			lm.release()
+		}
+	}()
 	var msg jetstream.Msg = lm
 	live, span := e.opts.Tracing.StartConsumer(context.WithoutCancel(stop), "enrich", msg.Headers())
 	defer span.End()
@@ -351,7 +361,7 @@ func (e *Enricher) handle(stop context.Context, fetched jetstream.Msg) {
 	defer cancel()
 	switch d.Action {
 	case Publish:
-		e.publish(settleCtx, msg, meta, log, source, session, res, ledger)
+		handedOff = e.publish(settleCtx, msg, lm.release, meta, log, source, session, res, ledger)
 	case Retry:
 		e.attempted(settleCtx, log, session, attempt, d.Status)
 		e.m.enrichments.WithLabelValues("retried", d.Reason).Inc()
@@ -547,7 +557,10 @@ func (m *leasedMsg) TermWithReason(reason string) error {
 	return m.Msg.TermWithReason(reason)
 }
 
-func (e *Enricher) publish(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, log zerolog.Logger, source, session string, res *verifeye.Result, ledger *entry) {
+// publish publishes the outcome of msg, and reports whether it handed the rest
+// (the ledger write and the ack, see settle) to a goroutine of its own, which
+// then answers msg and calls release.
+func (e *Enricher) publish(ctx context.Context, msg jetstream.Msg, release func(), meta *jetstream.MsgMetadata, log zerolog.Logger, source, session string, res *verifeye.Result, ledger *entry) bool {
 	received := meta.Timestamp
 	if t, err := time.Parse(time.RFC3339Nano, msg.Headers().Get(streams.HeaderReceivedAt)); err == nil {
 		received = t
@@ -560,7 +573,7 @@ func (e *Enricher) publish(ctx context.Context, msg jetstream.Msg, meta *jetstre
 	body, err := MarshalEvent(Outcome{ID: id, SessionID: session, Source: source, Outcome: outcome, ReceivedAt: received, Reconciled: rec, Data: res.Body})
 	if err != nil { // the client checked the body is JSON; defensive
 		e.deadLetter(ctx, msg, meta, source, streams.EventCompleted, session, Decision{Action: DeadLetter, Reason: ReasonInvalidResponse, Status: res.Status}, int(meta.NumDelivered), err.Error())
-		return
+		return false
 	}
 	out := nats.NewMsg(e.opts.Subjects.Result(source, outcome))
 	out.Data = body
@@ -576,27 +589,52 @@ func (e *Enricher) publish(ctx context.Context, msg jetstream.Msg, meta *jetstre
 		e.m.enrichments.WithLabelValues("retried", "publish_failed").Inc()
 		log.Error().Err(err).Dur("delay", d).Msg("cannot publish the outcome; will retry")
 		_ = msg.NakWithDelay(d)
-		return
+		return false
 	}
-	if e.enriched(ctx, log, source, session, body, ack.Sequence, rec, int(meta.NumDelivered), ledger) {
-		// The ledger holds the session enriched: should this ack be lost, the
-		// redelivery is acked without an API call (received), so the ack
-		// need not wait for the server's confirmation.
-		if err := msg.Ack(); err != nil {
-			log.Warn().Err(err).Msg("ack not sent; the redelivery will find the session enriched")
+	e.settle(ctx, release, func(ctx context.Context) {
+		if e.enriched(ctx, log, source, session, body, ack.Sequence, rec, int(meta.NumDelivered), ledger) {
+			// The ledger holds the session enriched: should this ack be lost,
+			// the redelivery is acked without an API call (received), so the
+			// ack need not wait for the server's confirmation.
+			if err := msg.Ack(); err != nil {
+				log.Warn().Err(err).Msg("ack not sent; the redelivery will find the session enriched")
+			}
+		} else if err := msg.DoubleAck(ctx); err != nil {
+			// The outcome is stored; a redelivery is de-duplicated by its ID.
+			log.Warn().Err(err).Msg("ack not confirmed; a redelivery will be de-duplicated")
 		}
-	} else if err := msg.DoubleAck(ctx); err != nil {
-		// The outcome is stored; a redelivery is de-duplicated by its ID.
-		log.Warn().Err(err).Msg("ack not confirmed; a redelivery will be de-duplicated")
-	}
-	result := "published"
-	if ack.Duplicate {
-		result = "duplicate"
-	}
-	e.m.enrichments.WithLabelValues(result, "").Inc()
-	e.m.latency.Observe(time.Since(received).Seconds())
-	log.Info().Str("decision", "publish").Str("outcome", outcome).Bool("duplicate", ack.Duplicate).
-		Uint64("seq", ack.Sequence).Msg("outcome published")
+		result := "published"
+		if ack.Duplicate {
+			result = "duplicate"
+		}
+		e.m.enrichments.WithLabelValues(result, "").Inc()
+		e.m.latency.Observe(time.Since(received).Seconds())
+		log.Info().Str("decision", "publish").Str("outcome", outcome).Bool("duplicate", ack.Duplicate).
+			Uint64("seq", ack.Sequence).Msg("outcome published")
+	})
+	return true
+}
+
+// settle runs f, what follows an outcome's PubAck (the ledger write, then the
+// ack), beside the worker, so that the worker fetches its next webhook at
+// once instead of after two more round trips to NATS. ENRICH_CONCURRENCY
+// bounds the API calls; the settles running at once are bounded to as many
+// again (a worker waits here when they are all busy), and Run waits for them
+// before it returns. The message stays leased and counted in flight until f
+// is done; release ends its lease if f did not answer it.
+func (e *Enricher) settle(ctx context.Context, release func(), f func(context.Context)) {
+	e.settles <- struct{}{}
+	e.m.inFlight.Inc()
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stageTimeout)
+	e.settling.Go(func() {
+		defer func() {
+			cancel()
+			release()
+			e.m.inFlight.Dec()
+			<-e.settles
+		}()
+		f(sctx)
+	})
 }
 
 // deadLetter copies the webhook to the DLQ with the reason and acks it. The
