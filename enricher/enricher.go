@@ -37,7 +37,7 @@ type APIClient interface {
 type Options struct {
 	Subjects    streams.Subjects
 	Consumer    string  // durable consumer name, "enricher"
-	Concurrency int     // workers, 16
+	Concurrency int     // workers, hence API calls at once, 16; as many settles (see settle) may run beside them
 	RateLimit   float64 // API calls per second, 0 = no cap
 	MaxAttempts int     // deliveries before the DLQ, 10
 	// AckWait is how long JetStream waits for news of a delivered webhook
