@@ -74,23 +74,46 @@ func (l *Ledger) Get(ctx context.Context, session string) (*outcome.Session, uin
 // returns the entry as written (or as read, when f wrote nothing). UpdatedAt
 // is set on every write.
 func (l *Ledger) Update(ctx context.Context, session string, f func(cur *outcome.Session) *outcome.Session) (*outcome.Session, error) {
-	s, err := l.update(ctx, session, f)
+	en, err := l.update(ctx, session, nil, f)
+	return en.s, err
+}
+
+// entry is a ledger entry as this process last read or wrote it, with its
+// revision; s nil and rev 0 stand for no entry.
+type entry struct {
+	s   *outcome.Session
+	rev uint64
+}
+
+// update is Update, saving the read when guess is not nil: f is applied to
+// guess first, and the write is a compare-and-set on guess's revision (a
+// create when guess stands for no entry), so a wrong guess costs a failed
+// write, then the usual read and retry, never a lost update. A right guess
+// (the entry this enrichment wrote a moment ago; no entry yet for a webhook
+// seen for the first time) makes the update one round trip instead of two.
+func (l *Ledger) update(ctx context.Context, session string, guess *entry, f func(cur *outcome.Session) *outcome.Session) (entry, error) {
+	en, err := l.write(ctx, session, guess, f)
 	if err != nil && l.failures != nil {
 		l.failures.Inc()
 	}
-	return s, err
+	return en, err
 }
 
-func (l *Ledger) update(ctx context.Context, session string, f func(cur *outcome.Session) *outcome.Session) (*outcome.Session, error) {
+func (l *Ledger) write(ctx context.Context, session string, guess *entry, f func(cur *outcome.Session) *outcome.Session) (entry, error) {
 	kv, err := l.bucket(ctx)
 	if err != nil {
-		return nil, err
+		return entry{}, err
 	}
 	key := outcome.SessionKey(session)
 	for range 20 {
-		cur, rev, err := l.Get(ctx, session)
-		if err != nil {
-			return nil, err
+		var (
+			cur *outcome.Session
+			rev uint64
+		)
+		if guess != nil {
+			cur, rev, guess = guess.s, guess.rev, nil
+		} else if cur, rev, err = l.Get(ctx, session); err != nil {
+			return entry{}, err
 		}
 		var in *outcome.Session
 		if cur != nil {
@@ -99,27 +122,27 @@ func (l *Ledger) update(ctx context.Context, session string, f func(cur *outcome
 		}
 		next := f(in)
 		if next == nil {
-			return cur, nil
+			return entry{cur, rev}, nil
 		}
 		next.UpdatedAt = time.Now().UTC()
 		b, err := json.Marshal(next)
 		if err != nil {
-			return nil, fmt.Errorf("ledger: encode %s: %w", session, err)
+			return entry{}, fmt.Errorf("ledger: encode %s: %w", session, err)
 		}
 		if cur == nil && rev == 0 {
-			_, err = kv.Create(ctx, key, b)
+			rev, err = kv.Create(ctx, key, b)
 		} else {
-			_, err = kv.Update(ctx, key, b, rev)
+			rev, err = kv.Update(ctx, key, b, rev)
 		}
 		if err == nil {
-			return next, nil
+			return entry{next, rev}, nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) && !isWrongSequence(err) {
-			return nil, fmt.Errorf("ledger: write %s: %w", session, err)
+			return entry{}, fmt.Errorf("ledger: write %s: %w", session, err)
 		}
-		// Another process wrote first: read again.
+		// Another process wrote first (or the guess was wrong): read again.
 	}
-	return nil, fmt.Errorf("ledger: write %s: too many concurrent writers", session)
+	return entry{}, fmt.Errorf("ledger: write %s: too many concurrent writers", session)
 }
 
 // isWrongSequence reports a compare-and-set conflict of Update.

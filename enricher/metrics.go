@@ -47,7 +47,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "verifeye_bridge_enricher_in_flight",
-			Help: "Webhook messages this process has fetched and not yet settled (at most ENRICH_CONCURRENCY); the rest wait in JetStream.",
+			Help: "Webhook messages this process has fetched and not yet settled: at most ENRICH_CONCURRENCY in API calls, and as many again writing the ledger and acking after their outcome; the rest wait in JetStream.",
 		}),
 		ledgerFailures: newLedgerFailures(),
 	}

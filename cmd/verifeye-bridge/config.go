@@ -163,7 +163,7 @@ type enrichConfig struct {
 	RateLimit        float64       `envconfig:"VERIFEYE_RATE_LIMIT" default:"50" desc:"API calls per second, 0.01 to 100000; 0 = no cap"`
 	MaxAttempts      int           `envconfig:"ENRICH_MAX_ATTEMPTS" default:"10" desc:"attempts before an event goes to the DLQ: 1 to 1000"`
 	Consumer         string        `envconfig:"ENRICH_CONSUMER" default:"enricher" desc:"durable consumer name shared by all enricher replicas: [A-Za-z0-9_-], at most 64"`
-	AckWait          time.Duration `envconfig:"ENRICH_ACK_WAIT" default:"30s" desc:"how long an enrichment may run before JetStream redelivers it (extended while the API call runs): 1s to 1h"`
+	AckWait          time.Duration `envconfig:"ENRICH_ACK_WAIT" default:"5s" desc:"how long a webhook held by an enricher that died waits before another replica takes it (a live enricher extends it at every stage): 1s to 1h"`
 	BackoffBase      time.Duration `envconfig:"ENRICH_BACKOFF_BASE" default:"1s" desc:"first retry delay after 429/5xx/timeout; doubles per attempt, with jitter: 1ms up to ENRICH_BACKOFF_MAX"`
 	BackoffMax       time.Duration `envconfig:"ENRICH_BACKOFF_MAX" default:"5m" desc:"longest retry delay: up to 24h"`
 	NotFoundDelay    time.Duration `envconfig:"ENRICH_NOT_FOUND_DELAY" default:"15s" desc:"retry delay after a 404 (the result may lag): 1ms to 24h"`

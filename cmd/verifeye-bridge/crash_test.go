@@ -3,7 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
+	"regexp"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -21,7 +24,9 @@ import (
 // webhooks stream in and enrichments are in flight, then starts it again on
 // the same DATA_DIR. Every webhook answered 202 must be in the store and end
 // as exactly one outcome: nothing accepted is lost to a crash, and the
-// enrichments cut short are redone without a second outcome.
+// enrichments cut short are redone without a second outcome. The ack wait is
+// the default (ENRICH_ACK_WAIT), so the reported time from the kill to the
+// last outcome is the failover time of a restarted process.
 func TestServeSurvivesKill(t *testing.T) {
 	t.Parallel()
 	log := ingestWatchLogs(t, `"message":"webhook"`)
@@ -38,7 +43,6 @@ func TestServeSurvivesKill(t *testing.T) {
 		"VERIFEYE_API_KEY="+ingestAPIKey,
 		"VERIFEYE_RATE_LIMIT=0",
 		"ENRICH_CONCURRENCY=4",
-		"ENRICH_ACK_WAIT=2s",
 		"ENRICH_BACKOFF_BASE=10ms",
 		"ENRICH_BACKOFF_MAX=100ms",
 	)
@@ -71,6 +75,7 @@ func TestServeSurvivesKill(t *testing.T) {
 		}
 		return nil
 	})
+	killedAt := time.Now()
 	if err := p.cmd.Process.Kill(); err != nil {
 		t.Fatalf("SIGKILL: %v", err)
 	}
@@ -126,6 +131,8 @@ func TestServeSurvivesKill(t *testing.T) {
 		}
 		return nil
 	})
+	allIn := time.Since(killedAt)
+	lastAt := lastStored(t, js, streams.Results)
 	webhooks := map[string]int{}
 	for _, m := range natstest.Messages(t, js, streams.Webhooks) {
 		webhooks[m.Headers().Get(streams.HeaderMsgID)]++
@@ -154,6 +161,135 @@ func TestServeSurvivesKill(t *testing.T) {
 		t.Errorf("exit code after SIGTERM = %d, want 0", code)
 	}
 	t.Logf("%d webhooks accepted before the kill, %d enriched by then; %d outcomes after the restart", len(want), done, len(outcomes))
+	t.Logf("failover (SIGKILL, restart on the same DATA_DIR, default ENRICH_ACK_WAIT): last outcome stored %v after the kill; all seen by the test after %v",
+		lastAt.Sub(killedAt).Round(10*time.Millisecond), allIn.Round(10*time.Millisecond))
+}
+
+// lastStored returns when the last message of stream was stored.
+func lastStored(t *testing.T, js jetstream.JetStream, stream string) time.Time {
+	t.Helper()
+	var last time.Time
+	for _, m := range natstest.Messages(t, js, stream) {
+		if md, err := m.Metadata(); err == nil && md.Timestamp.After(last) {
+			last = md.Timestamp
+		}
+	}
+	return last
+}
+
+var inFlightRE = regexp.MustCompile(`(?m)^verifeye_bridge_enricher_in_flight (\S+)$`)
+
+// enrichInFlight returns how many webhooks the enricher at base holds now.
+func enrichInFlight(base string) (int, error) {
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	m := inFlightRE.FindSubmatch(b)
+	if m == nil {
+		return 0, fmt.Errorf("GET %s/metrics: no in-flight gauge", base)
+	}
+	v, err := strconv.ParseFloat(string(m[1]), 64)
+	return int(v), err
+}
+
+// TestEnrichReplicaKilledMidEnrichment runs two `enrich` replicas on one
+// durable consumer with the default ENRICH_ACK_WAIT, and SIGKILLs one while it
+// holds enrichments (its API calls are under way). The other enriches them
+// once the ack wait has passed: every session ends with exactly one outcome.
+// The time from the kill to the last outcome is the failover time; it is
+// reported, not asserted (expected: about the ack wait plus one API call).
+func TestEnrichReplicaKilledMidEnrichment(t *testing.T) {
+	t.Parallel()
+	log := ingestWatchLogs(t, "enricher started")
+	ns := natstest.Start(t)
+	api := verifeyetest.Start(ingestAPIKey)
+	t.Cleanup(api.Close)
+	const latency = 500 * time.Millisecond
+	api.SetLatency(latency)
+	env := userEnv(
+		"NATS_URL="+ns.URL(),
+		"VERIFEYE_API_URL="+api.URL,
+		"VERIFEYE_API_KEY="+ingestAPIKey,
+		"VERIFEYE_RATE_LIMIT=0",
+		"ENRICH_CONCURRENCY=4",
+		"OTEL_SDK_DISABLED=true",
+	)
+	replicas := []*ingestProc{ingestStart(t, log, env, "enrich"), ingestStart(t, log, env, "enrich")}
+
+	// Three webhooks per worker: the replicas are busy when the kill comes,
+	// and the survivor has finished its own share before the victim's come
+	// back.
+	js := ns.JetStream()
+	const n = 24
+	sessions := make([]string, n)
+	for i := range sessions {
+		sessions[i] = ingestSessionID(t)
+		msg := nats.NewMsg("verifeye.webhook.default." + streams.EventCompleted)
+		msg.Data = []byte(`{"event":"VerificationCompleted","verificationSessionId":"` + sessions[i] + `"}`)
+		msg.Header.Set(streams.HeaderReceivedAt, time.Now().UTC().Format(time.RFC3339Nano))
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID(streams.WebhookMsgID(streams.EventCompleted, sessions[i])),
+			jetstream.WithExpectStream(streams.Webhooks))
+		cancel()
+		if err != nil {
+			t.Fatalf("publish webhook: %v", err)
+		}
+	}
+	victim, survivor := replicas[0], replicas[1]
+	var held int
+	natstest.WaitFor(t, 30*time.Second, func() (err error) {
+		held, err = enrichInFlight(victim.base)
+		if err == nil && held < 2 {
+			err = fmt.Errorf("the victim holds %d enrichments, want 2 or more", held)
+		}
+		return err
+	})
+	killedAt := time.Now()
+	if err := victim.cmd.Process.Kill(); err != nil {
+		t.Fatalf("SIGKILL: %v", err)
+	}
+	<-victim.done
+
+	natstest.WaitFor(t, 60*time.Second, func() error {
+		if got, err := crashCount(js, streams.Results); err != nil || got < n {
+			return fmt.Errorf("%d outcomes (%v), want %d", got, err, n)
+		}
+		return nil
+	})
+	allIn := time.Since(killedAt)
+	outcomes := map[string]int{}
+	for _, m := range natstest.Messages(t, js, streams.Results) {
+		outcomes[m.Headers().Get(streams.HeaderMsgID)]++
+	}
+	redone := 0
+	for _, s := range sessions {
+		if got := outcomes[s]; got != 1 {
+			t.Errorf("session %s has %d outcomes, want 1", s, got)
+		}
+		if api.Calls(s) > 1 {
+			redone++
+		}
+	}
+	if len(outcomes) != n {
+		t.Errorf("%d sessions have outcomes, want %d", len(outcomes), n)
+	}
+	if redone == 0 {
+		t.Errorf("no session was called twice: the kill cut no enrichment short, so the test proves nothing")
+	}
+	if got := natstest.Count(t, js, streams.DLQ); got != 0 {
+		t.Errorf("DLQ holds %d messages, want 0", got)
+	}
+	if code := survivor.stop(t); code != 0 {
+		t.Errorf("survivor exit code after SIGTERM = %d, want 0", code)
+	}
+	t.Logf("failover (one of two enrich replicas SIGKILLed holding %d enrichments, %d redone by the other; default ENRICH_ACK_WAIT, API latency %v): last outcome stored %v after the kill; all seen by the test after %v",
+		held, redone, latency, lastStored(t, js, streams.Results).Sub(killedAt).Round(10*time.Millisecond), allIn.Round(10*time.Millisecond))
 }
 
 // crashCount is the number of messages on stream, or the error of a

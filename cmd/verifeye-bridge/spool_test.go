@@ -286,6 +286,7 @@ func TestSpoolOutage(t *testing.T) {
 	t.Logf("NATS stopped for %v", outage)
 	time.Sleep(outage / 2)
 	old := b.Load()
+	killedAt := time.Now()
 	if err := old.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -294,6 +295,7 @@ func TestSpoolOutage(t *testing.T) {
 	t.Logf("ingest B SIGKILLed and started again on the same DATA_DIR")
 	time.Sleep(outage - outage/2)
 	srv.Restart()
+	backAt := time.Now()
 	t.Logf("NATS back")
 	time.Sleep(3 * time.Second) // webhooks after the outage
 	close(stop)
@@ -332,6 +334,8 @@ func TestSpoolOutage(t *testing.T) {
 		}
 		return nil
 	})
+	t.Logf("all outcomes in %v after ingest B's SIGKILL, %v after NATS came back (the outage bounds it, not the kill)",
+		time.Since(killedAt).Round(10*time.Millisecond), time.Since(backAt).Round(10*time.Millisecond))
 	stored := map[string]int{}
 	for _, m := range natstest.Messages(t, js, streams.Webhooks) {
 		_, s, _ := streams.ParseWebhookMsgID(m.Headers().Get(streams.HeaderMsgID))
