@@ -188,7 +188,10 @@ func startEmbedded(cfg embeddedConfig, name string, log zerolog.Logger) (*connec
 		SyncInterval: interval,
 		User:         user,
 		Password:     password,
-		Log:          log.Level(zerolog.WarnLevel),
+		// Without NATS_EMBEDDED_USER the password is the random one kept in
+		// DATA_DIR (generated now or at the first start): no need for a slow hash.
+		GeneratedPassword: cfg.EmbeddedUser == "",
+		Log:               log.Level(zerolog.WarnLevel),
 	})
 	if err != nil {
 		return nil, err

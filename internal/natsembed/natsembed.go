@@ -39,6 +39,13 @@ type Options struct {
 	// server accepts: every client, in-process ones included, must present
 	// them. With User empty the server accepts any client.
 	User, Password string
+	// GeneratedPassword says Password was drawn at random (at least 128
+	// bits): it is then hashed at bcrypt's lowest cost. Stretching protects
+	// only a guessable password, and every connection pays for it: at the
+	// default cost a loaded machine took seconds per connection, long enough
+	// for the server's first PING to overtake its PONG and the client to fail.
+	// A password an operator chose keeps bcrypt's default cost.
+	GeneratedPassword bool
 	// Log receives the server's log; a disabled logger by default.
 	Log zerolog.Logger
 }
@@ -125,7 +132,11 @@ func serverOptions(opts Options) (*server.Options, error) {
 		// The server keeps only a bcrypt hash of the password, so a dump of its
 		// memory or options does not show it (and it does not warn about a
 		// plain-text password at every start).
-		hash, err := bcrypt.GenerateFromPassword([]byte(opts.Password), bcrypt.DefaultCost)
+		cost := bcrypt.DefaultCost
+		if opts.GeneratedPassword {
+			cost = bcrypt.MinCost
+		}
+		hash, err := bcrypt.GenerateFromPassword([]byte(opts.Password), cost)
 		if err != nil {
 			return nil, fmt.Errorf("natsembed: hash the password: %w", err)
 		}
