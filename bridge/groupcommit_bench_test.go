@@ -1,13 +1,9 @@
 package bridge_test
 
 import (
-	"bytes"
 	"context"
 	"io"
-	"math/rand/v2"
 	"net/http"
-	"runtime"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,7 +11,6 @@ import (
 
 	"github.com/realeyes/verifeye-bridge/bridge"
 	"github.com/realeyes/verifeye-bridge/internal/groupcommit"
-	"github.com/realeyes/verifeye-bridge/internal/loadgen"
 	"github.com/realeyes/verifeye-bridge/internal/natsembed"
 	"github.com/realeyes/verifeye-bridge/internal/natstest"
 	"github.com/realeyes/verifeye-bridge/internal/streams"
@@ -35,27 +30,9 @@ func BenchmarkGroupCommit(b *testing.B) {
 	const key = "bench-ingest-key"
 	log := zerolog.New(io.Discard).Level(zerolog.InfoLevel).With().Timestamp().Logger()
 	var ceiling time.Duration
-	post := func(b *testing.B, h http.Handler) {
-		run := rand.Uint32()
-		var seq atomic.Uint64
-		b.SetParallelism(max(1, benchInFlight/runtime.GOMAXPROCS(0)))
-		b.ResetTimer()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				rec := benchPost(h, key, loadgen.SessionID(run, seq.Add(1)))
-				if rec.Code != http.StatusAccepted || bytes.Contains(rec.Body.Bytes(), []byte(`"duplicate"`)) {
-					b.Errorf("POST /webhooks/verifeye = %d %s, want 202 without duplicate", rec.Code, rec.Body)
-					return
-				}
-			}
-		})
-		b.StopTimer()
-		if ceiling > 0 {
-			b.ReportMetric(float64(ceiling)/float64(b.Elapsed()/time.Duration(b.N)), "ratio")
-		}
-	}
+	post := func(b *testing.B, h http.Handler) { benchPostParallel(b, h, key, ceiling) }
 	b.Run("ceiling", func(b *testing.B) {
-		post(b, bridge.New(&benchNoPublish{}, log, bridge.Options{Auth: bridge.APIKeyAuth(key)}))
+		benchPostParallel(b, bridge.New(&benchNoPublish{}, log, bridge.Options{Auth: bridge.APIKeyAuth(key)}), key, 0)
 		ceiling = b.Elapsed() / time.Duration(b.N)
 	})
 	for _, batched := range []bool{false, true} {

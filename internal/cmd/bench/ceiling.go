@@ -59,6 +59,12 @@ func serveCeiling(ctx context.Context, ln net.Listener, apiKey, logLevel string,
 		IdleTimeout:       30 * time.Second,
 		MaxHeaderBytes:    16 << 10,
 	}
+	return serveUntil(ctx, srv, ln)
+}
+
+// serveUntil serves srv on ln until ctx ends, then shuts it down gracefully
+// (within 10 s).
+func serveUntil(ctx context.Context, srv *http.Server, ln net.Listener) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {

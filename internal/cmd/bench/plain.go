@@ -88,22 +88,7 @@ func servePlain(ctx context.Context, ln net.Listener, natsURL string, logw io.Wr
 	startLog := zerolog.New(logw)
 	startLog.Log().Timestamp().Str("http_addr", ln.Addr().String()).Msg(plainStarted)
 	srv := &http.Server{Handler: e, ReadHeaderTimeout: 5 * time.Second}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		return err
-	}
-	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
+	return serveUntil(ctx, srv, ln)
 }
 
 // serveNATS runs a nats-server with JetStream and otherwise default settings
