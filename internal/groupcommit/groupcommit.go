@@ -92,6 +92,7 @@ type Stats struct {
 // jetstream.JetStream and is safe for concurrent use.
 type Publisher struct {
 	js   jetstream.JetStream
+	pipe jetstream.JetStream // js's connection, for the pipelined publishes (asyncTimeout, maxPending)
 	opts Options
 	log  zerolog.Logger
 
@@ -114,6 +115,11 @@ type capability struct {
 	at        time.Time
 	min       int // MinBatch, as chosen
 }
+
+// maxPending bounds the pipelined publishes awaiting their PubAck; a publish
+// finding this many waits up to 200 ms for room, then fails
+// (jetstream.ErrTooManyStalledMsgs), as a late PubAck does.
+const maxPending = 4096
 
 // stagedMinBatch is MinBatch for a one-replica file stream.
 const stagedMinBatch = 8
@@ -156,7 +162,17 @@ func New(js jetstream.JetStream, opts Options) (*Publisher, error) {
 	if opts.Timeout <= 0 {
 		opts.Timeout = 5 * time.Second
 	}
-	p := &Publisher{js: js, opts: opts, log: opts.Log}
+	// Messages published alone go pipelined: sent with the asynchronous API
+	// and their PubAcks awaited, not one request/reply each. A context of its
+	// own bounds every pending PubAck, so that none whose answer never comes
+	// (its caller gone, the stream leaderless) is kept until the connection
+	// drops.
+	pipe, err := jetstream.New(js.Conn(), jetstream.WithPublishAsyncTimeout(opts.Timeout),
+		jetstream.WithPublishAsyncMaxPending(maxPending))
+	if err != nil {
+		return nil, fmt.Errorf("groupcommit: %w", err)
+	}
+	p := &Publisher{js: js, pipe: pipe, opts: opts, log: opts.Log}
 	if opts.Registerer != nil {
 		p.size = prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "verifeye_bridge_publish_batch_size",
@@ -422,25 +438,41 @@ func (p *Publisher) reconnected(ctx context.Context, batch []*call) {
 	p.alone(waiting)
 }
 
-// alone publishes each message of batch by itself, concurrently.
+// alone publishes each message of batch by itself, pipelined: all are sent
+// (the NATS client writes them together) before their PubAcks are awaited, and
+// each caller is answered as its PubAck, error or end of context comes.
 func (p *Publisher) alone(batch []*call) {
 	if len(batch) == 0 {
 		return
 	}
 	start := time.Now()
-	var wg sync.WaitGroup
-	var failed atomic.Bool
-	for _, c := range batch {
-		wg.Go(func() {
-			ack, err := p.single(c.ctx, c.msg, c.opts)
-			if err != nil {
-				failed.Store(true)
-			}
-			c.finish(ack, err)
-		})
+	futures := make([]jetstream.PubAckFuture, len(batch))
+	failed := false
+	for i, c := range batch {
+		if err := c.ctx.Err(); err != nil {
+			c.finish(nil, err)
+			failed = true
+			continue
+		}
+		f, err := p.pipe.PublishMsgAsync(c.msg, c.opts...)
+		if err != nil {
+			c.finish(nil, err)
+			failed = true
+			continue
+		}
+		futures[i] = f
 	}
-	wg.Wait()
-	if !failed.Load() {
+	for i, c := range batch {
+		if futures[i] == nil {
+			continue
+		}
+		ack, err := p.await(c.ctx, futures[i])
+		if err != nil {
+			failed = true
+		}
+		c.finish(ack, err)
+	}
+	if !failed {
 		p.cost.observe(&p.cost.alone, time.Since(start), len(batch))
 	}
 }
@@ -491,13 +523,33 @@ func (c *costs) observe(avg *float64, d time.Duration, n int) {
 	}
 }
 
+// single publishes msg alone: sent with the asynchronous API, its PubAck
+// awaited until ctx ends. A msg whose ctx has ended already is not sent.
 func (p *Publisher) single(ctx context.Context, msg *nats.Msg, opts []jetstream.PublishOpt) (*jetstream.PubAck, error) {
-	ack, err := p.js.PublishMsg(ctx, msg, opts...)
-	if err == nil {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f, err := p.pipe.PublishMsgAsync(msg, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return p.await(ctx, f)
+}
+
+// await waits for f's PubAck or error, or for ctx to end. A PubAck that comes
+// after ctx ended is dropped by the client, as is one that never comes once
+// Options.Timeout has passed or the connection has dropped.
+func (p *Publisher) await(ctx context.Context, f jetstream.PubAckFuture) (*jetstream.PubAck, error) {
+	select {
+	case ack := <-f.Ok():
 		p.singles.Add(1)
 		p.observe(1)
+		return ack, nil
+	case err := <-f.Err():
+		return nil, err
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	return ack, err
 }
 
 func (p *Publisher) observe(n int) {
