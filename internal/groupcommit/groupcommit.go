@@ -5,6 +5,11 @@
 // gather; a publish that finds nothing in flight is sent at once, alone, as a
 // plain publish (no added wait at low load).
 //
+// A gathering that does not go as a batch (batching off, the stream unable to
+// batch, or too few messages to pay) is published pipelined: every message
+// sent alone with the asynchronous API, written to the connection together,
+// then each PubAck awaited; not one request/reply per message.
+//
 // Each caller gets its own PubAck. De-duplication stays exact: the server
 // refuses a whole atomic batch when any of its messages repeats a Nats-Msg-Id
 // it already has (error 10201, without saying which), so a refused batch is
@@ -59,7 +64,8 @@ type Options struct {
 	// as Nats-Expected-Stream. Required.
 	Stream string
 	// MaxBatch is the most messages in one batch, 2 to MaxBatch (the default);
-	// 1 turns batching off (every message is published alone).
+	// 1 turns batching off: every message is published alone, those gathered
+	// meanwhile pipelined (at most MaxBatch of them at a time).
 	MaxBatch int
 	// MinBatch is the fewest messages sent as an atomic batch; fewer are
 	// published each alone, concurrently. 0 picks it from the stream: 8 for a
@@ -202,9 +208,6 @@ func (p *Publisher) Stats() Stats {
 // again with the same message ID is then answered as a duplicate. A message
 // whose caller gave up before its batch was sent is not sent at all.
 func (p *Publisher) PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
-	if p.opts.MaxBatch == 1 {
-		return p.single(ctx, msg, opts)
-	}
 	c := &call{ctx: ctx, msg: msg, opts: opts, id: msg.Header.Get(jetstream.MsgIDHeader), done: make(chan struct{})}
 	c.size = len(msg.Subject) + len(msg.Data)
 	for k, vs := range msg.Header {
@@ -268,12 +271,16 @@ func (p *Publisher) take() []*call {
 	var batch, rest []*call
 	var ids map[string]struct{}
 	bytes := 0
+	most := p.opts.MaxBatch
+	if most == 1 {
+		most = MaxBatch // a gathering published alone, pipelined
+	}
 	for i, c := range p.queue {
 		if c.ctx.Err() != nil {
 			c.finish(nil, c.ctx.Err())
 			continue
 		}
-		if len(batch) == p.opts.MaxBatch || (len(batch) > 0 && bytes+c.size > MaxBatchBytes) {
+		if len(batch) == most || (len(batch) > 0 && bytes+c.size > MaxBatchBytes) {
 			rest = append(rest, p.queue[i:]...)
 			break
 		}
@@ -300,6 +307,10 @@ func (p *Publisher) send(batch []*call) {
 	if len(batch) == 1 {
 		c := batch[0]
 		c.finish(p.single(c.ctx, c.msg, c.opts))
+		return
+	}
+	if p.opts.MaxBatch == 1 {
+		p.alone(batch)
 		return
 	}
 	ctx, cancel := p.batchContext(batch)

@@ -334,11 +334,17 @@ func TestPipelinedAlone(t *testing.T) {
 			t.Errorf("publish %s again: PubAck %+v, want duplicate of sequence %d", r.id, r.ack, s)
 		}
 	}
-	if n := len(stored(t, js)); n != 200 {
-		t.Errorf("stream holds %d messages, want 200", n)
+	// A gathering, deterministically: sent pipelined, each message alone,
+	// a repeated ID answered as the duplicate of the copy stored before it.
+	res = gather(t, p, append(ids("c", 50), "c-7", "b-1", "c-7"))
+	if dups := check(t, js, res); dups != 3 {
+		t.Errorf("gathering: %d duplicates, want 3", dups)
 	}
-	if st := p.Stats(); st.Batches != 0 || st.Singles != 203 {
-		t.Errorf("Stats = %+v, want 203 singles and no batch", st)
+	if n := len(stored(t, js)); n != 250 {
+		t.Errorf("stream holds %d messages, want 250", n)
+	}
+	if st := p.Stats(); st.Batches != 0 || st.Singles != 256 {
+		t.Errorf("Stats = %+v, want 256 singles and no batch", st)
 	}
 	if n := p.pipe.PublishAsyncPending(); n != 0 {
 		t.Errorf("%d PubAcks still pending", n)
