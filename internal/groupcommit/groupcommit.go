@@ -141,6 +141,8 @@ type call struct {
 	id   string
 	size int
 
+	fut jetstream.PubAckFuture // when published alone, pipelined
+
 	ack  *jetstream.PubAck
 	err  error
 	done chan struct{}
@@ -457,9 +459,8 @@ func (p *Publisher) alone(batch []*call) {
 		return
 	}
 	start := time.Now()
-	futures := make([]jetstream.PubAckFuture, len(batch))
 	failed := false
-	for i, c := range batch {
+	for _, c := range batch {
 		if err := c.ctx.Err(); err != nil {
 			c.finish(nil, err)
 			failed = true
@@ -471,13 +472,13 @@ func (p *Publisher) alone(batch []*call) {
 			failed = true
 			continue
 		}
-		futures[i] = f
+		c.fut = f
 	}
-	for i, c := range batch {
-		if futures[i] == nil {
+	for _, c := range batch {
+		if c.fut == nil {
 			continue
 		}
-		ack, err := p.await(c.ctx, futures[i])
+		ack, err := p.await(c.ctx, c.fut)
 		if err != nil {
 			failed = true
 		}
