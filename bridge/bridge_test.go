@@ -108,6 +108,7 @@ type rigOptions struct {
 	spool          bool // publish through a store-and-forward spool
 	plain          bool // publish each webhook alone, without group commit
 	syncAlways     bool // the server fsyncs every write, as embedded serve does by default
+	batch          int  // group commit's MaxBatch; 0 the default, 1 pipelined publishes alone
 }
 
 func newRig(t *testing.T, o rigOptions) *rig {
@@ -143,7 +144,7 @@ func newRig(t *testing.T, o rigOptions) *rig {
 	var pub bridge.Publisher = js
 	var gc *groupcommit.Publisher
 	if !o.plain {
-		gc, err = groupcommit.New(js, groupcommit.Options{Stream: streams.Webhooks, Log: testLogger(t)})
+		gc, err = groupcommit.New(js, groupcommit.Options{Stream: streams.Webhooks, MaxBatch: o.batch, Log: testLogger(t)})
 		if err != nil {
 			t.Fatalf("groupcommit.New: %v", err)
 		}

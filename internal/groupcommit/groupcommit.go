@@ -5,6 +5,11 @@
 // gather; a publish that finds nothing in flight is sent at once, alone, as a
 // plain publish (no added wait at low load).
 //
+// A gathering that does not go as a batch (batching off, the stream unable to
+// batch, or too few messages to pay) is published pipelined: every message
+// sent alone with the asynchronous API, written to the connection together,
+// then each PubAck awaited; not one request/reply per message.
+//
 // Each caller gets its own PubAck. De-duplication stays exact: the server
 // refuses a whole atomic batch when any of its messages repeats a Nats-Msg-Id
 // it already has (error 10201, without saying which), so a refused batch is
@@ -59,7 +64,8 @@ type Options struct {
 	// as Nats-Expected-Stream. Required.
 	Stream string
 	// MaxBatch is the most messages in one batch, 2 to MaxBatch (the default);
-	// 1 turns batching off (every message is published alone).
+	// 1 turns batching off: every message is published alone, those gathered
+	// meanwhile pipelined (at most MaxBatch of them at a time).
 	MaxBatch int
 	// MinBatch is the fewest messages sent as an atomic batch; fewer are
 	// published each alone, concurrently. 0 picks it from the stream: 8 for a
@@ -92,6 +98,7 @@ type Stats struct {
 // jetstream.JetStream and is safe for concurrent use.
 type Publisher struct {
 	js   jetstream.JetStream
+	pipe jetstream.JetStream // js's connection, for the pipelined publishes (asyncTimeout, maxPending)
 	opts Options
 	log  zerolog.Logger
 
@@ -115,6 +122,11 @@ type capability struct {
 	min       int // MinBatch, as chosen
 }
 
+// maxPending bounds the pipelined publishes awaiting their PubAck; a publish
+// finding this many waits up to 200 ms for room, then fails
+// (jetstream.ErrTooManyStalledMsgs), as a late PubAck does.
+const maxPending = 4096
+
 // stagedMinBatch is MinBatch for a one-replica file stream.
 const stagedMinBatch = 8
 
@@ -128,6 +140,8 @@ type call struct {
 	opts []jetstream.PublishOpt
 	id   string
 	size int
+
+	fut jetstream.PubAckFuture // when published alone, pipelined
 
 	ack  *jetstream.PubAck
 	err  error
@@ -156,7 +170,17 @@ func New(js jetstream.JetStream, opts Options) (*Publisher, error) {
 	if opts.Timeout <= 0 {
 		opts.Timeout = 5 * time.Second
 	}
-	p := &Publisher{js: js, opts: opts, log: opts.Log}
+	// Messages published alone go pipelined: sent with the asynchronous API
+	// and their PubAcks awaited, not one request/reply each. A context of its
+	// own bounds every pending PubAck, so that none whose answer never comes
+	// (its caller gone, the stream leaderless) is kept until the connection
+	// drops.
+	pipe, err := jetstream.New(js.Conn(), jetstream.WithPublishAsyncTimeout(opts.Timeout),
+		jetstream.WithPublishAsyncMaxPending(maxPending))
+	if err != nil {
+		return nil, fmt.Errorf("groupcommit: %w", err)
+	}
+	p := &Publisher{js: js, pipe: pipe, opts: opts, log: opts.Log}
 	if opts.Registerer != nil {
 		p.size = prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "verifeye_bridge_publish_batch_size",
@@ -186,9 +210,6 @@ func (p *Publisher) Stats() Stats {
 // again with the same message ID is then answered as a duplicate. A message
 // whose caller gave up before its batch was sent is not sent at all.
 func (p *Publisher) PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
-	if p.opts.MaxBatch == 1 {
-		return p.single(ctx, msg, opts)
-	}
 	c := &call{ctx: ctx, msg: msg, opts: opts, id: msg.Header.Get(jetstream.MsgIDHeader), done: make(chan struct{})}
 	c.size = len(msg.Subject) + len(msg.Data)
 	for k, vs := range msg.Header {
@@ -252,12 +273,16 @@ func (p *Publisher) take() []*call {
 	var batch, rest []*call
 	var ids map[string]struct{}
 	bytes := 0
+	most := p.opts.MaxBatch
+	if most == 1 {
+		most = MaxBatch // a gathering published alone, pipelined
+	}
 	for i, c := range p.queue {
 		if c.ctx.Err() != nil {
 			c.finish(nil, c.ctx.Err())
 			continue
 		}
-		if len(batch) == p.opts.MaxBatch || (len(batch) > 0 && bytes+c.size > MaxBatchBytes) {
+		if len(batch) == most || (len(batch) > 0 && bytes+c.size > MaxBatchBytes) {
 			rest = append(rest, p.queue[i:]...)
 			break
 		}
@@ -284,6 +309,10 @@ func (p *Publisher) send(batch []*call) {
 	if len(batch) == 1 {
 		c := batch[0]
 		c.finish(p.single(c.ctx, c.msg, c.opts))
+		return
+	}
+	if p.opts.MaxBatch == 1 {
+		p.alone(batch)
 		return
 	}
 	ctx, cancel := p.batchContext(batch)
@@ -422,25 +451,40 @@ func (p *Publisher) reconnected(ctx context.Context, batch []*call) {
 	p.alone(waiting)
 }
 
-// alone publishes each message of batch by itself, concurrently.
+// alone publishes each message of batch by itself, pipelined: all are sent
+// (the NATS client writes them together) before their PubAcks are awaited, and
+// each caller is answered as its PubAck, error or end of context comes.
 func (p *Publisher) alone(batch []*call) {
 	if len(batch) == 0 {
 		return
 	}
 	start := time.Now()
-	var wg sync.WaitGroup
-	var failed atomic.Bool
+	failed := false
 	for _, c := range batch {
-		wg.Go(func() {
-			ack, err := p.single(c.ctx, c.msg, c.opts)
-			if err != nil {
-				failed.Store(true)
-			}
-			c.finish(ack, err)
-		})
+		if err := c.ctx.Err(); err != nil {
+			c.finish(nil, err)
+			failed = true
+			continue
+		}
+		f, err := p.pipe.PublishMsgAsync(c.msg, c.opts...)
+		if err != nil {
+			c.finish(nil, err)
+			failed = true
+			continue
+		}
+		c.fut = f
 	}
-	wg.Wait()
-	if !failed.Load() {
+	for _, c := range batch {
+		if c.fut == nil {
+			continue
+		}
+		ack, err := p.await(c.ctx, c.fut)
+		if err != nil {
+			failed = true
+		}
+		c.finish(ack, err)
+	}
+	if !failed {
 		p.cost.observe(&p.cost.alone, time.Since(start), len(batch))
 	}
 }
@@ -491,13 +535,33 @@ func (c *costs) observe(avg *float64, d time.Duration, n int) {
 	}
 }
 
+// single publishes msg alone: sent with the asynchronous API, its PubAck
+// awaited until ctx ends. A msg whose ctx has ended already is not sent.
 func (p *Publisher) single(ctx context.Context, msg *nats.Msg, opts []jetstream.PublishOpt) (*jetstream.PubAck, error) {
-	ack, err := p.js.PublishMsg(ctx, msg, opts...)
-	if err == nil {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f, err := p.pipe.PublishMsgAsync(msg, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return p.await(ctx, f)
+}
+
+// await waits for f's PubAck or error, or for ctx to end. A PubAck that comes
+// after ctx ended is dropped by the client, as is one that never comes once
+// Options.Timeout has passed or the connection has dropped.
+func (p *Publisher) await(ctx context.Context, f jetstream.PubAckFuture) (*jetstream.PubAck, error) {
+	select {
+	case ack := <-f.Ok():
 		p.singles.Add(1)
 		p.observe(1)
+		return ack, nil
+	case err := <-f.Err():
+		return nil, err
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	return ack, err
 }
 
 func (p *Publisher) observe(n int) {

@@ -3,6 +3,7 @@ package groupcommit
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -259,6 +260,9 @@ func TestFallbackWhenStreamCannotBatch(t *testing.T) {
 	if st := p.Stats(); st.Batches != 0 || st.Singles != 41 {
 		t.Errorf("Stats = %+v, want 41 singles (one a duplicate) and no batch", st)
 	}
+	if n := p.pipe.PublishAsyncPending(); n != 0 {
+		t.Errorf("%d PubAcks still pending", n)
+	}
 	if n := strings.Count(logs.String(), "group commit off"); n != 1 {
 		t.Errorf("log says group commit is off %d times, want once:\n%s", n, logs.String())
 	}
@@ -289,6 +293,98 @@ func TestGaveUpBeforeSent(t *testing.T) {
 	if n := len(stored(t, js)); n != 0 {
 		t.Errorf("stream holds %d messages, want 0", n)
 	}
+}
+
+// TestPipelinedAlone: with batching off, concurrent publishes go pipelined,
+// each answered with its own PubAck: stored once, a repeated ID answered as
+// the duplicate of the stored copy, and no PubAck left pending.
+func TestPipelinedAlone(t *testing.T) {
+	js := start(t, true)
+	p, err := New(js, Options{Stream: stream, MaxBatch: 1})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	publish := func(ids []string) []result {
+		res := make([]result, len(ids))
+		var wg sync.WaitGroup
+		for i, id := range ids {
+			wg.Go(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				ack, err := p.PublishMsg(ctx, msg(id), jetstream.WithExpectStream(stream))
+				res[i] = result{id, ack, err}
+			})
+		}
+		wg.Wait()
+		return res
+	}
+	first := publish(ids("a", 100))
+	check(t, js, first)
+	orig := map[string]uint64{}
+	for _, r := range first {
+		orig[r.id] = r.ack.Sequence
+	}
+	again := append(ids("b", 100), "a-3", "a-50", "a-99")
+	res := publish(again)
+	if dups := check(t, js, res); dups != 3 {
+		t.Errorf("%d duplicates, want 3", dups)
+	}
+	for _, r := range res {
+		if s, ok := orig[r.id]; ok && (r.ack == nil || !r.ack.Duplicate || r.ack.Sequence != s) {
+			t.Errorf("publish %s again: PubAck %+v, want duplicate of sequence %d", r.id, r.ack, s)
+		}
+	}
+	// A gathering, deterministically: sent pipelined, each message alone,
+	// a repeated ID answered as the duplicate of the copy stored before it.
+	res = gather(t, p, append(ids("c", 50), "c-7", "b-1", "c-7"))
+	if dups := check(t, js, res); dups != 3 {
+		t.Errorf("gathering: %d duplicates, want 3", dups)
+	}
+	if n := len(stored(t, js)); n != 250 {
+		t.Errorf("stream holds %d messages, want 250", n)
+	}
+	if st := p.Stats(); st.Batches != 0 || st.Singles != 256 {
+		t.Errorf("Stats = %+v, want 256 singles and no batch", st)
+	}
+	if n := p.pipe.PublishAsyncPending(); n != 0 {
+		t.Errorf("%d PubAcks still pending", n)
+	}
+}
+
+// TestPipelinedNoAnswer: a caller whose context ends before its PubAck comes
+// gets the context's error, and the pending PubAck is let go after
+// Options.Timeout rather than kept.
+func TestPipelinedNoAnswer(t *testing.T) {
+	js := start(t, true)
+	// A subscriber that swallows the message: no PubAck, no "no responders".
+	sub, err := js.Conn().Subscribe("silent.>", func(*nats.Msg) {})
+	if err != nil {
+		t.Fatalf("subscribe: %v", err)
+	}
+	defer sub.Unsubscribe()
+	p, err := New(js, Options{Stream: stream, MaxBatch: 1, Timeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	m := msg("silent")
+	m.Subject = "silent.webhook"
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := p.PublishMsg(ctx, m); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("PublishMsg = %v, want the context's deadline", err)
+	}
+	// No deadline of the caller's: Options.Timeout answers.
+	m = msg("silent-2")
+	m.Subject = "silent.webhook"
+	if _, err := p.PublishMsg(context.Background(), m); !errors.Is(err, jetstream.ErrAsyncPublishTimeout) {
+		t.Fatalf("PublishMsg without a deadline = %v, want %v", err, jetstream.ErrAsyncPublishTimeout)
+	}
+	natstest.WaitFor(t, 5*time.Second, func() error {
+		if n := p.pipe.PublishAsyncPending(); n != 0 {
+			return fmt.Errorf("%d PubAcks still pending", n)
+		}
+		return nil
+	})
 }
 
 func TestAtLeast(t *testing.T) {
