@@ -159,8 +159,14 @@ func TestExpect(t *testing.T) {
 	id := "3f2a9c1e-0000-4000-8000-00000000000A"
 
 	// Without the expectations stream: a plain NATS message.
-	sub, err := ns.Connect().SubscribeSync(outcome.ExpectAll("verifeye"))
+	nc := ns.Connect()
+	sub, err := nc.SubscribeSync(outcome.ExpectAll("verifeye"))
 	if err != nil {
+		t.Fatal(err)
+	}
+	// The subscription must reach the server before Expect publishes on
+	// another connection, or the message finds no subscriber.
+	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	if err := outcome.Expect(ctx, js, "kyc", id); err != nil {
