@@ -557,9 +557,9 @@ func (m *leasedMsg) TermWithReason(reason string) error {
 	return m.Msg.TermWithReason(reason)
 }
 
-// publish publishes the outcome of msg, and reports whether it handed the rest
-// (the ledger write and the ack, see settle) to a goroutine of its own, which
-// then answers msg and calls release.
+// publish builds the outcome of msg and reports whether it handed its
+// publish and the rest (the ledger write and the ack, see settle) to a
+// goroutine of its own, which then answers msg and calls release.
 func (e *Enricher) publish(ctx context.Context, msg jetstream.Msg, release func(), meta *jetstream.MsgMetadata, log zerolog.Logger, source, session string, res *verifeye.Result, ledger *entry) bool {
 	received := meta.Timestamp
 	if t, err := time.Parse(time.RFC3339Nano, msg.Headers().Get(streams.HeaderReceivedAt)); err == nil {
@@ -581,17 +581,20 @@ func (e *Enricher) publish(ctx context.Context, msg jetstream.Msg, release func(
 	// The enricher's span context (the webhook's trace ID), or with tracing
 	// off the webhook's own traceparent.
 	tracing.Inject(ctx, out.Header)
-	// Guarantee 2: the session ID is the message ID, so a redelivery after a
-	// crash between this publish and the ack is dropped by the results stream.
-	ack, err := e.pub.PublishMsg(ctx, out, jetstream.WithMsgID(id), jetstream.WithExpectStream(streams.Results))
-	if err != nil {
-		d := e.opts.Policy.Backoff(int(meta.NumDelivered), rand.Float64())
-		e.m.enrichments.WithLabelValues("retried", "publish_failed").Inc()
-		log.Error().Err(err).Dur("delay", d).Msg("cannot publish the outcome; will retry")
-		_ = msg.NakWithDelay(d)
-		return false
-	}
+	// The publish, the ledger write and the ack run beside the worker, which
+	// fetches its next webhook at once; the message stays leased until then.
 	e.settle(ctx, release, func(ctx context.Context) {
+		// Guarantee 2: the session ID is the message ID, so a redelivery after
+		// a crash between this publish and the ack is dropped by the results
+		// stream.
+		ack, err := e.pub.PublishMsg(ctx, out, jetstream.WithMsgID(id), jetstream.WithExpectStream(streams.Results))
+		if err != nil {
+			d := e.opts.Policy.Backoff(int(meta.NumDelivered), rand.Float64())
+			e.m.enrichments.WithLabelValues("retried", "publish_failed").Inc()
+			log.Error().Err(err).Dur("delay", d).Msg("cannot publish the outcome; will retry")
+			_ = msg.NakWithDelay(d)
+			return
+		}
 		if e.enriched(ctx, log, source, session, body, ack.Sequence, rec, int(meta.NumDelivered), ledger) {
 			// The ledger holds the session enriched: should this ack be lost,
 			// the redelivery is acked without an API call (received), so the
@@ -615,9 +618,9 @@ func (e *Enricher) publish(ctx context.Context, msg jetstream.Msg, release func(
 	return true
 }
 
-// settle runs f, what follows an outcome's PubAck (the ledger write, then the
-// ack), beside the worker, so that the worker fetches its next webhook at
-// once instead of after two more round trips to NATS. ENRICH_CONCURRENCY
+// settle runs f, what follows an outcome's API answer (its publish, the
+// ledger write, then the ack), beside the worker, so that the worker fetches
+// its next webhook at once instead of after three more round trips to NATS. ENRICH_CONCURRENCY
 // bounds the API calls; the settles running at once are bounded to as many
 // again (a worker waits here when they are all busy), and Run waits for them
 // before it returns. The message stays leased and counted in flight until f
