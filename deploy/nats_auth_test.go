@@ -77,8 +77,9 @@ func composeDefault(s string) string {
 	return regexp.MustCompile(`\$\{[A-Za-z_][A-Za-z0-9_]*(?::?-([^}]*))?\}`).ReplaceAllString(s, "$1")
 }
 
-// login is a NATS user name and password.
-type login struct{ user, password string }
+// login is a NATS user name and password, and the inbox prefix the user's
+// clients set (NATS_INBOX_PREFIX; "" for the default _INBOX).
+type login struct{ user, password, inbox string }
 
 // TestComposeNATSUsers: the compose NATS servers require a login, with the
 // users of natsRoles; the ingest and enrich services log in as their role's
@@ -116,8 +117,9 @@ func TestComposeNATSUsers(t *testing.T) {
 		if strings.Contains(u.Password, "$") {
 			t.Errorf("nats.conf: user %s's password %q is not resolved from the environment of compose service %s", role, u.Password, natsSvc.name)
 		}
-		logins[role] = login{role, u.Password}
+		logins[role] = login{role, u.Password, "_INBOX_" + role}
 	}
+	logins["admin"] = login{"admin", logins["admin"].password, ""}
 	if opts.NoAuthUser != "" || len(opts.Nkeys) > 0 || opts.Authorization != "" {
 		t.Errorf("nats.conf: a client may connect without a user of its own (no_auth_user %q, token set %v)", opts.NoAuthUser, opts.Authorization != "")
 	}
@@ -131,9 +133,9 @@ func TestComposeNATSUsers(t *testing.T) {
 		if s == nil {
 			t.Fatalf("compose: no service runs verifeye-bridge %s", role)
 		}
-		got := login{s.env["NATS_USER"], composeDefault(s.env["NATS_PASSWORD"])}
+		got := login{s.env["NATS_USER"], composeDefault(s.env["NATS_PASSWORD"]), s.env["NATS_INBOX_PREFIX"]}
 		if got != logins[role] {
-			t.Errorf("compose service %s: NATS_USER=%q and NATS_PASSWORD are not the login of NATS user %q", s.name, got.user, role)
+			t.Errorf("compose service %s: NATS_USER=%q, NATS_PASSWORD and NATS_INBOX_PREFIX=%q are not the login of NATS user %q (inbox %q)", s.name, got.user, got.inbox, role, logins[role].inbox)
 		}
 		logins[role] = got // the role check logs in with what the service uses
 	}
@@ -186,7 +188,11 @@ func TestKubernetesNATSUsers(t *testing.T) {
 		if keyOfUser[role] == "" {
 			t.Fatalf("nats/values.yaml: no user %q", role)
 		}
-		logins[role] = login{role, "test-password-" + keyOfUser[role]}
+		inbox := "_INBOX_" + role
+		if role == "admin" {
+			inbox = ""
+		}
+		logins[role] = login{role, "test-password-" + keyOfUser[role], inbox}
 	}
 
 	found := map[string]bool{}
@@ -195,23 +201,25 @@ func TestKubernetesNATSUsers(t *testing.T) {
 			continue
 		}
 		role := str(d.raw, "spec", "template", "spec", "containers", 0, "args", 0)
-		var user, key string
+		var user, key, inbox string
 		for _, e := range list(d.raw, "spec", "template", "spec", "containers", 0, "env") {
 			switch str(e, "name") {
 			case "NATS_USER":
 				user = str(e, "value")
+			case "NATS_INBOX_PREFIX":
+				inbox = str(e, "value")
 			case "NATS_PASSWORD":
 				if r := dict(e, "valueFrom", "secretKeyRef"); str(r, "name") == natsUsersSecret {
 					key = str(r, "key")
 				}
 			}
 		}
-		if user != role || key == "" || key != keyOfUser[role] {
-			t.Errorf("%s: NATS_USER=%q, NATS_PASSWORD from Secret %s key %q; want user %q and its key %q", d, user, natsUsersSecret, key, role, keyOfUser[role])
+		if user != role || key == "" || key != keyOfUser[role] || inbox != logins[role].inbox {
+			t.Errorf("%s: NATS_USER=%q, NATS_PASSWORD from Secret %s key %q, NATS_INBOX_PREFIX=%q; want user %q, its key %q and inbox %q", d, user, natsUsersSecret, key, inbox, role, keyOfUser[role], logins[role].inbox)
 			continue
 		}
 		found[role] = true
-		logins[role] = login{user, "test-password-" + key}
+		logins[role] = login{user, "test-password-" + key, inbox}
 	}
 	for _, role := range []string{"ingest", "enrich"} {
 		if !found[role] {
@@ -245,7 +253,11 @@ func checkNATSRoles(t *testing.T, users []*server.User, logins map[string]login)
 		t.Helper()
 		l := logins[role]
 		// Refusals are the point here: no async error lines for them.
-		nc, err := nats.Connect(ns.ClientURL(), nats.UserInfo(l.user, l.password), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+		opts := []nats.Option{nats.UserInfo(l.user, l.password), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {})}
+		if l.inbox != "" {
+			opts = append(opts, nats.CustomInboxPrefix(l.inbox))
+		}
+		nc, err := nats.Connect(ns.ClientURL(), opts...)
 		if err != nil {
 			t.Fatalf("log in as %s (%s): %v", role, l.user, err)
 		}
@@ -448,5 +460,39 @@ func checkNATSRoles(t *testing.T, users []*server.User, logins map[string]login)
 		if got := count(stream); got != want {
 			t.Errorf("%s holds %d messages after the refused publishes; want %d", stream, got, want)
 		}
+	}
+
+	// Each role reads answers on its own inbox prefix only: not on the
+	// default _INBOX, not on another role's.
+	roles := []string{"ingest", "enrich", "downstream"}
+	for _, role := range roles {
+		l := logins[role]
+		errs := make(chan error, 8)
+		nc, err := nats.Connect(ns.ClientURL(), nats.UserInfo(l.user, l.password), nats.CustomInboxPrefix(l.inbox),
+			nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err }))
+		if err != nil {
+			t.Fatalf("log in as %s: %v", role, err)
+		}
+		others := []string{"_INBOX.>"}
+		for _, o := range roles {
+			if o != role {
+				others = append(others, logins[o].inbox+".>")
+			}
+		}
+		for _, subject := range others {
+			if _, err := nc.Subscribe(subject, func(*nats.Msg) {}); err != nil {
+				t.Fatal(err)
+			}
+			_ = nc.Flush()
+			select {
+			case err := <-errs:
+				if !errors.Is(err, nats.ErrPermissionViolation) {
+					t.Errorf("%s subscribing to %s: %v; want a permissions violation", role, subject, err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Errorf("%s may subscribe to %s", role, subject)
+			}
+		}
+		nc.Close()
 	}
 }

@@ -45,6 +45,10 @@ type NATSAuth struct {
 	NATSTLSCA    string `envconfig:"NATS_TLS_CA" desc:"CA certificate file to verify the NATS servers"`
 	NATSTLSCert  string `envconfig:"NATS_TLS_CERT" desc:"client certificate file for NATS mutual TLS"`
 	NATSTLSKey   string `envconfig:"NATS_TLS_KEY" desc:"client key file for NATS mutual TLS"`
+	// NATSInboxPrefix is where this client receives answers (PubAcks, API
+	// replies, pulled messages), as the NATS CLI's --inbox-prefix: one per
+	// NATS user keeps each user's answers from the others (deploy/).
+	NATSInboxPrefix string `envconfig:"NATS_INBOX_PREFIX" desc:"subject prefix of this client's inboxes (default _INBOX): give each NATS user its own, e.g. _INBOX_ingest, and allow it only that"`
 }
 
 func (c NATSAuth) validate() error {

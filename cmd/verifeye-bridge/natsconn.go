@@ -61,6 +61,12 @@ func natsOptions(c NATSAuth, name string, log zerolog.Logger) ([]nats.Option, er
 // name the variable and never quote a file's content.
 func (c NATSAuth) options() ([]nats.Option, error) {
 	var opts []nats.Option
+	if c.NATSInboxPrefix != "" {
+		if !validInboxPrefix(c.NATSInboxPrefix) {
+			return nil, fmt.Errorf("NATS_INBOX_PREFIX: %q: want subject tokens of letters, digits, '_' and '-' joined by '.', at most 64 characters", c.NATSInboxPrefix)
+		}
+		opts = append(opts, nats.CustomInboxPrefix(c.NATSInboxPrefix))
+	}
 	if c.NATSCreds != "" {
 		if err := checkCreds(c.NATSCreds); err != nil {
 			return nil, fmt.Errorf("NATS_CREDS: %w", err)
@@ -262,4 +268,25 @@ func (c *connection) embeddedHasRoom() error {
 		return fmt.Errorf("%w: the disk under DATA_DIR has %d bytes free", streams.ErrNoRoom, free)
 	}
 	return nil
+}
+
+// validInboxPrefix reports whether p can prefix a client's inboxes: one or
+// more subject tokens of letters, digits, '_' and '-' joined by '.' (no
+// wildcards, no empty token), at most 64 characters.
+func validInboxPrefix(p string) bool {
+	if len(p) == 0 || len(p) > 64 {
+		return false
+	}
+	for tok := range strings.SplitSeq(p, ".") {
+		if tok == "" {
+			return false
+		}
+		for i := 0; i < len(tok); i++ {
+			c := tok[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
 }

@@ -57,7 +57,10 @@ func TestUnusableNATSCredentials(t *testing.T) {
 		{"cert garbage", []string{"NATS_TLS_CERT=" + garbage, "NATS_TLS_KEY=" + key}, "NATS_TLS_CERT"},
 		{"key missing", []string{"NATS_TLS_CERT=" + cert, "NATS_TLS_KEY=" + missing}, "NATS_TLS_KEY"},
 		{"key of another cert", []string{"NATS_TLS_CERT=" + cert, "NATS_TLS_KEY=" + otherKey}, "NATS_TLS_KEY"},
-		{"usable nkey, CA and key pair", []string{"NATS_NKEY=" + seedFile, "NATS_TLS_CA=" + cert, "NATS_TLS_CERT=" + cert, "NATS_TLS_KEY=" + key}, ""},
+		{"inbox prefix with a wildcard", []string{"NATS_INBOX_PREFIX=_INBOX.*"}, "NATS_INBOX_PREFIX"},
+		{"inbox prefix with an empty token", []string{"NATS_INBOX_PREFIX=_INBOX..x"}, "NATS_INBOX_PREFIX"},
+		{"inbox prefix ending in a dot", []string{"NATS_INBOX_PREFIX=_INBOX_ingest."}, "NATS_INBOX_PREFIX"},
+		{"usable nkey, CA, key pair and inbox prefix", []string{"NATS_NKEY=" + seedFile, "NATS_TLS_CA=" + cert, "NATS_TLS_CERT=" + cert, "NATS_TLS_KEY=" + key, "NATS_INBOX_PREFIX=_INBOX_ingest"}, ""},
 	}
 	if os.Geteuid() != 0 { // root reads a mode-0 file
 		tests = append(tests, struct {
