@@ -77,14 +77,7 @@ func gather(t *testing.T, p *Publisher, ids []string) []result {
 	})
 	res := make([]result, len(ids))
 	var wg sync.WaitGroup
-	for i, id := range ids {
-		wg.Go(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			ack, err := p.PublishMsg(ctx, msg(id), jetstream.WithExpectStream(stream))
-			res[i] = result{id, ack, err}
-		})
-	}
+	wg.Go(func() { publishAll(p, ids, res) })
 	natstest.WaitFor(t, 10*time.Second, func() error {
 		p.mu.Lock()
 		defer p.mu.Unlock()
@@ -100,6 +93,21 @@ func gather(t *testing.T, p *Publisher, ids []string) []result {
 	p.next()
 	wg.Wait()
 	return res
+}
+
+// publishAll publishes one message per id, all at once, and returns when
+// every one is answered, with the answers in res (in the order of ids).
+func publishAll(p *Publisher, ids []string, res []result) {
+	var wg sync.WaitGroup
+	for i, id := range ids {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			ack, err := p.PublishMsg(ctx, msg(id), jetstream.WithExpectStream(stream))
+			res[i] = result{id, ack, err}
+		})
+	}
+	wg.Wait()
 }
 
 // stored returns the message ID of every stored message by sequence.
@@ -306,16 +314,7 @@ func TestPipelinedAlone(t *testing.T) {
 	}
 	publish := func(ids []string) []result {
 		res := make([]result, len(ids))
-		var wg sync.WaitGroup
-		for i, id := range ids {
-			wg.Go(func() {
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				defer cancel()
-				ack, err := p.PublishMsg(ctx, msg(id), jetstream.WithExpectStream(stream))
-				res[i] = result{id, ack, err}
-			})
-		}
-		wg.Wait()
+		publishAll(p, ids, res)
 		return res
 	}
 	first := publish(ids("a", 100))
