@@ -39,28 +39,11 @@ const (
 )
 
 // logs receives every log line of every logger the tests create.
-var logs lockedBuffer
+var logs natstest.Buffer
 
 // secretRequests counts requests sent with a secret, so TestMain knows whether
 // the absence of secrets in logs means anything.
 var secretRequests atomic.Int64
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) Bytes() []byte {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return bytes.Clone(l.b.Bytes())
-}
 
 // TestMain runs the tests, then fails the run if a secret reached the logs
 // (DESIGN.md: "Secrets never reach a log line").

@@ -578,7 +578,7 @@ func TestImageSimulator(t *testing.T) {
 	// Port 0: the simulator's start line (a warning) says which port it got.
 	cmd := exec.Command(bin, "simulator")
 	cmd.Env = []string{"HTTP_ADDR=127.0.0.1:0", "VERIFEYE_API_KEY=sim-key", "LOG_LEVEL=warn"}
-	var logs lockedBuffer
+	var logs natstest.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -645,22 +645,4 @@ func TestImageSimulator(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatalf("simulator did not stop within 15s of SIGTERM\n%s", logs.String())
 	}
-}
-
-// lockedBuffer collects a process's output while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

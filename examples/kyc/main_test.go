@@ -1,35 +1,15 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/realeyes/verifeye-bridge/internal/natstest"
 	"github.com/realeyes/verifeye-bridge/outcome/outcometest"
 )
-
-// lockedBuffer is the service's output, written by its handlers.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestKYC runs the example against a real JetStream server holding a passed
 // and a failed outcome, published with the bridge's encoding: it approves the
@@ -50,7 +30,7 @@ func TestKYC(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var out lockedBuffer
+	var out natstest.Buffer
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- run(runCtx, &out) }()

@@ -1,7 +1,6 @@
 package groupcommit
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -258,7 +257,7 @@ func TestDuplicatesInsideBatches(t *testing.T) {
 // says so once in the log.
 func TestFallbackWhenStreamCannotBatch(t *testing.T) {
 	js := start(t, false)
-	var logs safeBuffer
+	var logs natstest.Buffer
 	p := newPublisher(t, js, zerolog.New(&logs))
 	res := gather(t, p, ids("f", 20))
 	res = append(res, gather(t, p, append(ids("g", 20), "f-3"))...)
@@ -392,23 +391,6 @@ func TestAtLeast(t *testing.T) {
 			t.Errorf("atLeast(%q, 2, 12) = %v, want %v", v, got, want)
 		}
 	}
-}
-
-type safeBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *safeBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *safeBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // TestCostsLearnTheCheaperWay: the gathering goes the way that cost less per
