@@ -364,27 +364,23 @@ func (p *Publisher) commit(ctx context.Context, batch []*call) {
 		return
 	}
 	var apiErr *jetstream.APIError
+	isAPI := errors.As(err, &apiErr)
 	switch {
-	case errors.As(err, &apiErr) && apiErr.ErrorCode == errDuplicate,
-		errors.As(err, &apiErr) && apiErr.ErrorCode == errTooLarge:
-		// Which message repeats an ID, the server does not say: halve until
-		// each duplicate is alone.
-		p.splits.Add(1)
-		half := len(batch) / 2
-		p.commit(ctx, batch[:half])
-		p.commit(ctx, batch[half:])
-	case errors.As(err, &apiErr) && (apiErr.ErrorCode == errDisabled || apiErr.ErrorCode == errUnsupportedHeader),
+	case isAPI && (apiErr.ErrorCode == errDisabled || apiErr.ErrorCode == errUnsupportedHeader),
 		errors.Is(err, jetstreamext.ErrInvalidBatchAck):
 		// The stream or server cannot batch after all. An invalid batch ack
 		// means a server that ignored the batch headers and stored each
 		// message: publishing them again is de-duplicated by their IDs.
 		p.setCapable(false, 0, err)
 		p.alone(batch)
-	case errors.As(err, &apiErr) && apiErr.ErrorCode == errTooManyInflight:
+	case isAPI && apiErr.ErrorCode == errTooManyInflight:
 		p.alone(batch)
-	case errors.As(err, &apiErr) && !refusesAll(apiErr.ErrorCode):
-		// Some message is refused (too large, a bad header, …): halve, so
-		// that the others are stored and it alone gets its error.
+	case isAPI && !refusesAll(apiErr.ErrorCode):
+		// Some message is refused, and the server does not say which: a
+		// repeated message ID (10201: a stored or staged Nats-Msg-Id), too
+		// many messages (10199: over jetstream.max_batch_size), a bad header. Halve until each refused message is
+		// alone: the others are stored, and it gets its own answer (a
+		// duplicate's is a PubAck with Duplicate set).
 		p.splits.Add(1)
 		half := len(batch) / 2
 		p.commit(ctx, batch[:half])
@@ -657,8 +653,6 @@ func atLeast(version string, major, minor int) bool {
 const (
 	errDisabled          jetstream.ErrorCode = 10174 // atomic publish is disabled
 	errUnsupportedHeader jetstream.ErrorCode = 10177 // e.g. Nats-Msg-Id before 2.12 supported it
-	errTooLarge          jetstream.ErrorCode = 10199 // more messages than jetstream.max_batch_size
-	errDuplicate         jetstream.ErrorCode = 10201 // a message repeats a stored or staged Nats-Msg-Id
 	errTooManyInflight   jetstream.ErrorCode = 10210
 )
 
