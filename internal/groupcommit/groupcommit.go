@@ -400,30 +400,20 @@ func (p *Publisher) commit(ctx context.Context, batch []*call) {
 // then never comes.
 func (p *Publisher) publishBatch(ctx context.Context, msgs []*nats.Msg) (ack *jetstreamext.BatchAck, lost bool, err error) {
 	nc := p.js.Conn()
+	// A drop ends the wait for an answer that will not come.
+	status := nc.StatusChanged(nats.DISCONNECTED, nats.RECONNECTING, nats.CLOSED)
+	defer nc.RemoveStatusListener(status) // closes status
 	reconnects := nc.Stats().Reconnects
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var dropped atomic.Bool
-	stop := make(chan struct{})
-	defer close(stop)
 	go func() {
-		t := time.NewTicker(20 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-				if !nc.IsConnected() || nc.Stats().Reconnects != reconnects {
-					dropped.Store(true)
-					cancel()
-					return
-				}
-			}
+		if _, ok := <-status; ok {
+			cancel()
 		}
 	}()
 	ack, err = jetstreamext.PublishMsgBatch(ctx, p.js, msgs, jetstreamext.BatchFlowControl{AckFirst: false})
-	return ack, err != nil && dropped.Load(), err
+	lost = err != nil && (!nc.IsConnected() || nc.Stats().Reconnects != reconnects)
+	return ack, lost, err
 }
 
 // reconnected waits for the connection (at most until ctx ends) and then
