@@ -36,6 +36,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -203,13 +204,17 @@ func (p *Publisher) Stats() Stats {
 // with the publishes made meanwhile. msg must be bound for Options.Stream and
 // carry its message ID as the Nats-Msg-Id header; opts apply when it is
 // published alone (in a batch, only the expected stream is checked). msg is
-// not modified.
+// not modified, then or later.
 //
 // When ctx ends first, PublishMsg returns its error at once; the message may
 // still be stored (as when a plain publish's PubAck is late): publishing it
 // again with the same message ID is then answered as a duplicate. A message
 // whose caller gave up before its batch was sent is not sent at all.
 func (p *Publisher) PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	// The client writes the options' headers into the message it sends, and
+	// a caller whose ctx ends may use msg again while it is still being sent:
+	// only a copy is ever handed to the client.
+	msg = &nats.Msg{Subject: msg.Subject, Data: msg.Data, Header: cloneHeader(msg.Header, 4)}
 	c := &call{ctx: ctx, msg: msg, opts: opts, id: msg.Header.Get(jetstream.MsgIDHeader), done: make(chan struct{})}
 	c.size = len(msg.Subject) + len(msg.Data)
 	for k, vs := range msg.Header {
@@ -334,10 +339,9 @@ func (p *Publisher) commit(ctx context.Context, batch []*call) {
 	}
 	msgs := make([]*nats.Msg, len(batch))
 	for i, c := range batch {
-		m := &nats.Msg{Subject: c.msg.Subject, Data: c.msg.Data, Header: make(nats.Header, len(c.msg.Header)+4)}
-		for k, v := range c.msg.Header {
-			m.Header[k] = v
-		}
+		// A copy again: a half of a split batch may go alone, with the
+		// caller's options, after this.
+		m := &nats.Msg{Subject: c.msg.Subject, Data: c.msg.Data, Header: cloneHeader(c.msg.Header, 4)}
 		m.Header.Set(jetstream.ExpectedStreamHeader, p.opts.Stream)
 		msgs[i] = m
 	}
@@ -621,6 +625,15 @@ func (p *Publisher) setCapable(ok bool, least int, why error) {
 	case ok && was.known && !was.ok:
 		p.log.Info().Str("stream", p.opts.Stream).Msg("group commit on: JetStream takes atomic batches again")
 	}
+}
+
+// cloneHeader copies h, with room for extra more keys.
+func cloneHeader(h nats.Header, extra int) nats.Header {
+	out := make(nats.Header, len(h)+extra)
+	for k, v := range h {
+		out[k] = slices.Clone(v)
+	}
+	return out
 }
 
 // atLeast reports whether version (major.minor.patch[-pre]) is at least

@@ -421,3 +421,49 @@ func TestCostsLearnTheCheaperWay(t *testing.T) {
 		t.Error("batchPays() = false although batches now cost less")
 	}
 }
+
+// TestMessageNotModified: PublishMsg leaves the caller's message as it was,
+// published at once or after waiting in the queue. A caller whose context
+// ends may use its message again (the spool stores it) while the Publisher
+// still sends it: the Publisher must write only to a copy.
+func TestMessageNotModified(t *testing.T) {
+	js := start(t, true)
+	p := newPublisher(t, js, zerolog.Nop())
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	unchanged := func(what string, m *nats.Msg, id string) {
+		t.Helper()
+		if len(m.Header) != 1 || m.Header.Get(jetstream.MsgIDHeader) != id {
+			t.Errorf("%s: the caller's message headers are now %v, want only %s: %s", what, m.Header, jetstream.MsgIDHeader, id)
+		}
+	}
+
+	lone := msg("lone")
+	if _, err := p.PublishMsg(ctx, lone, jetstream.WithExpectStream(stream)); err != nil {
+		t.Fatalf("PublishMsg: %v", err)
+	}
+	unchanged("published at once", lone, "lone")
+
+	p.mu.Lock()
+	p.busy = true
+	p.mu.Unlock()
+	queued := msg("queued")
+	done := make(chan error, 1)
+	go func() {
+		_, err := p.PublishMsg(ctx, queued, jetstream.WithExpectStream(stream))
+		done <- err
+	}()
+	natstest.WaitFor(t, 5*time.Second, func() error {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if len(p.queue) != 1 {
+			return fmt.Errorf("%d publishes queued, want 1", len(p.queue))
+		}
+		return nil
+	})
+	p.next()
+	if err := <-done; err != nil {
+		t.Fatalf("PublishMsg: %v", err)
+	}
+	unchanged("published from the queue", queued, "queued")
+}
