@@ -79,4 +79,8 @@ func TestIngestInboxPrefix(t *testing.T) {
 	if n := natstest.Count(t, js, streams.Webhooks); n != 1 {
 		t.Errorf("stream holds %d messages, want 1", n)
 	}
+	// SIGTERM writes out the buffered log lines that the log check reads.
+	if code := p.stop(t); code != 0 {
+		t.Errorf("ingest exited with %d after SIGTERM, want 0; logs:\n%s", code, log)
+	}
 }
