@@ -56,6 +56,13 @@ type Options struct {
 	// Publisher publishes the outcomes and DLQ entries; nil means the
 	// JetStream context given to New. Tests inject faults here.
 	Publisher Publisher
+	// Sync, when set, is called before a webhook is acked or terminated, so
+	// that what was written for it (its outcome or DLQ entry, the ledger) is
+	// on disk before the webhook is given up: the embedded server leaves
+	// syncing to its callers at NATS_EMBEDDED_SYNC=always
+	// (natsembed.Syncer). When Sync fails, the webhook is not answered and
+	// comes back after the ack wait.
+	Sync func() error
 }
 
 func (o *Options) defaults() {
@@ -506,6 +513,7 @@ func holdFor(stop context.Context, d time.Duration) bool {
 // the delay with a whole ack wait.
 type leasedMsg struct {
 	jetstream.Msg
+	sync func() error // Options.Sync, before an answer that gives the message up
 	once sync.Once
 	done chan struct{} // closed to stop the reports
 	gone chan struct{} // closed when the reporter has returned
@@ -518,7 +526,7 @@ type leasedMsg struct {
 // the ack wait run out. That is what allows a short ack wait, hence a fast
 // failover, without a redelivery (a second API call) under load.
 func (e *Enricher) lease(msg jetstream.Msg) *leasedMsg {
-	lm := &leasedMsg{Msg: msg, done: make(chan struct{}), gone: make(chan struct{})}
+	lm := &leasedMsg{Msg: msg, sync: e.opts.Sync, done: make(chan struct{}), gone: make(chan struct{})}
 	every := max(e.opts.AckWait/3, 100*time.Millisecond)
 	go func() {
 		defer close(lm.gone)
@@ -542,18 +550,49 @@ func (m *leasedMsg) release() {
 	<-m.gone
 }
 
-func (m *leasedMsg) Ack() error { m.release(); return m.Msg.Ack() }
+// giveUp makes the writes made for the message durable (Options.Sync), still
+// holding it, then stops the progress reports. On a failed sync the message is
+// left unanswered: it comes back after the ack wait.
+func (m *leasedMsg) giveUp() error {
+	if m.sync != nil {
+		if err := m.sync(); err != nil {
+			m.release()
+			return err
+		}
+	}
+	m.release()
+	return nil
+}
 
-func (m *leasedMsg) DoubleAck(ctx context.Context) error { m.release(); return m.Msg.DoubleAck(ctx) }
+func (m *leasedMsg) Ack() error {
+	if err := m.giveUp(); err != nil {
+		return err
+	}
+	return m.Msg.Ack()
+}
+
+func (m *leasedMsg) DoubleAck(ctx context.Context) error {
+	if err := m.giveUp(); err != nil {
+		return err
+	}
+	return m.Msg.DoubleAck(ctx)
+}
 
 func (m *leasedMsg) Nak() error { m.release(); return m.Msg.Nak() }
 
 func (m *leasedMsg) NakWithDelay(d time.Duration) error { m.release(); return m.Msg.NakWithDelay(d) }
 
-func (m *leasedMsg) Term() error { m.release(); return m.Msg.Term() }
+func (m *leasedMsg) Term() error {
+	if err := m.giveUp(); err != nil {
+		return err
+	}
+	return m.Msg.Term()
+}
 
 func (m *leasedMsg) TermWithReason(reason string) error {
-	m.release()
+	if err := m.giveUp(); err != nil {
+		return err
+	}
 	return m.Msg.TermWithReason(reason)
 }
 

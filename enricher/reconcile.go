@@ -31,6 +31,9 @@ type ReconcileOptions struct {
 	After, GiveUp time.Duration
 	// Registerer receives the collectors; nil means none.
 	Registerer prometheus.Registerer
+	// Sync, when set, is called before an expectation is closed, so that the
+	// ledger's final state is on disk first (Options.Sync of the enricher).
+	Sync func() error
 }
 
 // Reconciler closes expectations (DESIGN.md, "Session ledger"): it keeps each
@@ -242,10 +245,10 @@ func (r *Reconciler) handle(ctx context.Context, msg jetstream.Msg) {
 	case abandon:
 		r.abandoned.Inc()
 		log.Warn().Dur("give_up", r.opts.GiveUp).Msg("expected session unknown to the API: abandoned")
-		_ = msg.Ack()
+		r.close(msg, log)
 		return
 	case cur.Final():
-		_ = msg.Ack()
+		r.close(msg, log)
 		return
 	case now.Before(at.Add(r.opts.After)):
 		_ = msg.NakWithDelay(time.Until(at.Add(r.opts.After)))
@@ -265,6 +268,19 @@ func (r *Reconciler) handle(ctx context.Context, msg jetstream.Msg) {
 		log.Warn().Dur("after", r.opts.After).Msg("no webhook for an expected session: injected it (reconciled)")
 	}
 	_ = msg.NakWithDelay(r.checkDelay(inject, at))
+}
+
+// close acks an expectation whose session is final, once the ledger's state
+// is on disk (Sync); a failed sync leaves it for the next check.
+func (r *Reconciler) close(msg jetstream.Msg, log zerolog.Logger) {
+	if r.opts.Sync != nil {
+		if err := r.opts.Sync(); err != nil {
+			log.Error().Err(err).Msg("reconciler: cannot sync the store; expectation kept")
+			_ = msg.NakWithDelay(time.Second)
+			return
+		}
+	}
+	_ = msg.Ack()
 }
 
 // checkDelay is the wait before the next check after the n-th injection:

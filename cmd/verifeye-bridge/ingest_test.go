@@ -558,8 +558,10 @@ func TestServiceHelpAndVersion(t *testing.T) {
 }
 
 // TestEmbeddedSyncsEveryWrite: by default the embedded server of serve and dev
-// fsyncs every write before acknowledging it (NATS_EMBEDDED_SYNC=always, the
-// natsembed zero value); a duration turns that off, as documented.
+// has every write synced before it is acknowledged (NATS_EMBEDDED_SYNC=always):
+// where syncfs(2) exists, by the roles through the connection's Syncer (group
+// commit), the server itself syncing only on its timer; elsewhere by the
+// server (SyncAlways). A duration turns both off, as documented.
 func TestEmbeddedSyncsEveryWrite(t *testing.T) {
 	log := ingestWatchLogs(t, "embedded NATS server started")
 	t.Setenv("NATS_EMBEDDED_SYNC", "") // restored when the test ends
@@ -588,14 +590,28 @@ func TestEmbeddedSyncsEveryWrite(t *testing.T) {
 			t.Fatalf("%s: connect: %v", tc.name, err)
 		}
 		jsc := conn.ns.JetStreamConfig()
+		grouped := conn.sync() != nil
+		if grouped {
+			// The roles' sync works on this store.
+			if err := conn.sync()(); err != nil {
+				t.Errorf("%s: Sync: %v", tc.name, err)
+			}
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		conn.close(ctx)
 		cancel()
 		if jsc == nil {
 			t.Fatalf("%s: the embedded server has no JetStream", tc.name)
 		}
-		if jsc.SyncAlways != tc.want {
-			t.Errorf("%s (NATS_EMBEDDED_SYNC=%q): JetStream SyncAlways = %v, want %v", tc.name, tc.sync, jsc.SyncAlways, tc.want)
+		switch {
+		case !tc.want && (jsc.SyncAlways || grouped):
+			t.Errorf("%s (NATS_EMBEDDED_SYNC=%q): SyncAlways %v, group sync %v; want neither", tc.name, tc.sync, jsc.SyncAlways, grouped)
+		case tc.want && grouped != natsembed.GroupSyncSupported:
+			t.Errorf("%s (NATS_EMBEDDED_SYNC=%q): group sync %v, want %v (syncfs here: %v)", tc.name, tc.sync, grouped, natsembed.GroupSyncSupported, natsembed.GroupSyncSupported)
+		case tc.want && grouped && (jsc.SyncAlways || jsc.SyncInterval != natsembed.GroupSyncInterval):
+			t.Errorf("%s: group sync with the server's SyncAlways %v, SyncInterval %v; want false, %v", tc.name, jsc.SyncAlways, jsc.SyncInterval, natsembed.GroupSyncInterval)
+		case tc.want && !grouped && !jsc.SyncAlways:
+			t.Errorf("%s (NATS_EMBEDDED_SYNC=%q): nothing syncs every write", tc.name, tc.sync)
 		}
 	}
 

@@ -154,6 +154,19 @@ func checkKeyPair(certFile, keyFile string) error {
 type connection struct {
 	nc *nats.Conn
 	ns *server.Server
+	// syncer, with the embedded server at NATS_EMBEDDED_SYNC=always, makes
+	// the server's writes durable: nothing is acknowledged (a webhook's 202,
+	// an enriched webhook's ack) before a Sync. Nil otherwise.
+	syncer *natsembed.Syncer
+}
+
+// sync is what the roles call before they answer for a write: the syncer's
+// Sync, or nil where the server syncs by itself.
+func (c *connection) sync() func() error {
+	if c.syncer == nil {
+		return nil
+	}
+	return c.syncer.Sync
 }
 
 // connect connects to NATS_URL, or with it empty and embedded non-nil, starts
@@ -188,10 +201,14 @@ func startEmbedded(cfg embeddedConfig, name string, log zerolog.Logger) (*connec
 		return nil, usageError{err}
 	}
 	interval, _ := cfg.syncInterval()
+	// Syncing every write: the server writes, the roles sync once for all
+	// the writes made meanwhile (group commit), where the system allows.
+	groupSync := interval == 0 && natsembed.GroupSyncSupported
 	ns, err := natsembed.Start(natsembed.Options{
 		StoreDir:     cfg.DataDir,
 		Addr:         cfg.EmbeddedAddr,
 		SyncInterval: interval,
+		GroupSync:    groupSync,
 		User:         user,
 		Password:     password,
 		// Without NATS_EMBEDDED_USER the password is the random one kept in
@@ -202,9 +219,17 @@ func startEmbedded(cfg embeddedConfig, name string, log zerolog.Logger) (*connec
 	if err != nil {
 		return nil, err
 	}
+	var syncer *natsembed.Syncer
+	if groupSync {
+		if syncer, err = natsembed.NewSyncer(cfg.DataDir); err != nil {
+			natsembed.Shutdown(ns)
+			return nil, err
+		}
+	}
 	urlFile, err := writeNATSURL(cfg.DataDir, ns, user, password)
 	if err != nil {
 		natsembed.Shutdown(ns)
+		closeSyncer(syncer)
 		return nil, usageError{fmt.Errorf("DATA_DIR: %w", err)}
 	}
 	listen := cfg.EmbeddedAddr // "-": no listener
@@ -212,7 +237,7 @@ func startEmbedded(cfg embeddedConfig, name string, log zerolog.Logger) (*connec
 		listen = a.String() // the port the server got, also for port 0
 	}
 	ev := log.Info().Str("data_dir", cfg.DataDir).Str("listen", listen).
-		Bool("sync_always", interval == 0).Bool("generated_credentials", generated)
+		Bool("sync_always", interval == 0).Bool("group_sync", groupSync).Bool("generated_credentials", generated)
 	if urlFile != "" {
 		ev = ev.Str("nats_url_file", urlFile)
 	}
@@ -220,9 +245,16 @@ func startEmbedded(cfg embeddedConfig, name string, log zerolog.Logger) (*connec
 	nc, err := nats.Connect("", append(clientOptions(name, log), nats.InProcessServer(ns), nats.UserInfo(user, password))...)
 	if err != nil {
 		natsembed.Shutdown(ns)
+		closeSyncer(syncer)
 		return nil, fmt.Errorf("nats: connect in-process: %w", err)
 	}
-	return &connection{nc: nc, ns: ns}, nil
+	return &connection{nc: nc, ns: ns, syncer: syncer}, nil
+}
+
+func closeSyncer(s *natsembed.Syncer) {
+	if s != nil {
+		s.Close()
+	}
 }
 
 // close drains the connection (finishing pending acks and publishes), then stops
@@ -242,6 +274,7 @@ func (c *connection) close(ctx context.Context) {
 	if c.ns != nil {
 		natsembed.Shutdown(c.ns)
 	}
+	closeSyncer(c.syncer)
 }
 
 // embeddedHasRoom reports, for the embedded server, whether it can store a

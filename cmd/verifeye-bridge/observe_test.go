@@ -21,6 +21,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -30,6 +31,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/realeyes/verifeye-bridge/enricher/verifeye/verifeyetest"
+	"github.com/realeyes/verifeye-bridge/internal/natsembed"
 	"github.com/realeyes/verifeye-bridge/internal/natstest"
 	"github.com/realeyes/verifeye-bridge/internal/streams"
 )
@@ -342,6 +344,28 @@ func TestMetricsAfterKnownMix(t *testing.T) {
 		}
 	}
 
+	// The embedded server's store sync (serve at NATS_EMBEDDED_SYNC=always)
+	// is not part of this run, which uses an external NATS: its metrics,
+	// registered as serve registers them, join the exposition checked.
+	if natsembed.GroupSyncSupported {
+		syncer, err := natsembed.NewSyncer(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer syncer.Close()
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(syncer.Collectors()...)
+		if err := syncer.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		more, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range more {
+			fams[f.GetName()] = f
+		}
+	}
 	exported := exportedNames(fams)
 	t.Run("dashboard uses exported metrics", func(t *testing.T) { checkDashboard(t, exported) })
 	t.Run("alert rules use exported metrics", func(t *testing.T) { checkAlerts(t, exported) })

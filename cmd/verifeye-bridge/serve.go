@@ -245,6 +245,9 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if conn.syncer != nil {
+		reg.MustRegister(conn.syncer.Collectors()...)
+	}
 
 	// The store-and-forward spool (DESIGN.md guarantee 7), opened before
 	// anything is served: a restarted process forwards what its predecessor
@@ -260,9 +263,12 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 		// interval, which a lone publish does not make wait for the disk.
 		// An external server's sync policy is unknown: one-replica streams
 		// there publish alone; replicated ones stage in memory.
+		// The embedded server syncing every write leaves the sync to its
+		// callers (natsembed.Syncer): webhooks published meanwhile share
+		// one, so no batch is needed there either.
 		batch := cfg.ingest.Batch
 		if cfg.common.NATSURL == "" && cfg.embedded != nil {
-			if interval, _ := cfg.embedded.syncInterval(); interval > 0 {
+			if interval, _ := cfg.embedded.syncInterval(); interval > 0 || conn.syncer != nil {
 				batch = 1
 			}
 		} else if cfg.common.limits().Replicas <= 1 {
@@ -271,6 +277,7 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 		gc, err := groupcommit.New(js, groupcommit.Options{
 			Stream:     streams.Webhooks,
 			MaxBatch:   batch,
+			Sync:       conn.sync(),
 			Registerer: reg,
 			Log:        log.With().Str("component", "ingest").Logger(),
 		})
@@ -317,6 +324,13 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 	checks := []ops.Check{{Name: "nats", Critical: sp == nil, Func: func(ctx context.Context) error {
 		return streams.Ready(ctx, conn.nc, js)
 	}}}
+	if conn.syncer != nil {
+		// A failed sync is final (natsembed.Syncer): nothing is acknowledged
+		// after it, and only a restart, after the disk is mended, recovers.
+		checks = append(checks, ops.Check{Name: "store_sync", Critical: true, Func: func(context.Context) error {
+			return conn.syncer.Err()
+		}})
+	}
 	fwdDone := make(chan struct{})
 	if sp != nil {
 		checks = append(checks, ops.Check{Name: "spool", Critical: true, Func: sp.Ready, State: func(ctx context.Context) any {
@@ -357,6 +371,7 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 			AuthRetry:   cfg.enrich.AuthRetry,
 			Registerer:  reg,
 			Tracing:     tr,
+			Sync:        conn.sync(),
 			Policy: enricher.Policy{
 				BackoffBase:      cfg.enrich.BackoffBase,
 				BackoffMax:       cfg.enrich.BackoffMax,
@@ -381,6 +396,7 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 			After:      cfg.enrich.ReconcileAfter,
 			GiveUp:     cfg.enrich.ReconcileGiveUp,
 			Registerer: reg,
+			Sync:       conn.sync(),
 		})
 		g.Go(func() error {
 			select {
@@ -403,7 +419,7 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 			return usageError{fmt.Errorf("API_ADDR: %w", err)}
 		}
 		sapi := sessionapi.New(js, sessionapi.Options{Token: cfg.internal.APIToken.value(), Prefix: subjects.Prefix(),
-			Log: log.With().Str("component", "api").Logger()})
+			Log: log.With().Str("component", "api").Logger(), Sync: conn.sync()})
 		g.Go(func() error { return sapi.Run(gctx) })
 		apiSrv = newHTTPServer(sapi, log)
 		apiSrv.WriteTimeout = sessionapi.MaxWait + 10*time.Second // long polls

@@ -76,6 +76,12 @@ type Options struct {
 	MinBatch int
 	// Timeout bounds a batch whose callers set no deadline; 5 s by default.
 	Timeout time.Duration
+	// Sync, when set, is called after each PubAck, before the caller gets
+	// it: a server that writes without syncing (natsembed.Options.GroupSync)
+	// has its store synced by the caller, once for all the publishes acked
+	// before the sync began (natsembed.Syncer). An error of Sync is the
+	// publish's. Atomic batches gain nothing then: use MaxBatch 1.
+	Sync func() error
 	// Registerer receives the batch metrics; nil registers none.
 	Registerer prometheus.Registerer
 	// Log receives the line saying batching is off (once) or on again.
@@ -222,12 +228,26 @@ func (p *Publisher) PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetst
 			c.size += len(k) + len(v) + 4
 		}
 	}
+	ack, err := p.publish(ctx, c)
+	if err == nil && p.opts.Sync != nil {
+		// The next sync covers this write and every other one made before
+		// it began: the Publisher goes on publishing meanwhile.
+		if err := p.opts.Sync(); err != nil {
+			return nil, err
+		}
+	}
+	return ack, err
+}
+
+// publish sends c alone at once when nothing is in flight, or queues it for
+// the next gathering, and waits for its PubAck.
+func (p *Publisher) publish(ctx context.Context, c *call) (*jetstream.PubAck, error) {
 	p.mu.Lock()
 	if !p.busy {
 		// Nothing in flight: publish alone, now, in this goroutine.
 		p.busy = true
 		p.mu.Unlock()
-		ack, err := p.single(ctx, msg, opts)
+		ack, err := p.single(ctx, c.msg, c.opts)
 		p.next()
 		return ack, err
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -466,4 +467,68 @@ func TestMessageNotModified(t *testing.T) {
 		t.Fatalf("PublishMsg: %v", err)
 	}
 	unchanged("published from the queue", queued, "queued")
+}
+
+// TestSyncBeforeAnswer: with Options.Sync, no caller is answered before a
+// Sync called after its PubAck has returned; the Publisher goes on publishing
+// while a sync runs (every message is stored while none is answered); a
+// failing Sync is the publish's error. The server is one that leaves syncing
+// to its callers (natsembed GroupSync), with a real Syncer under the gate.
+func TestSyncBeforeAnswer(t *testing.T) {
+	if !natsembed.GroupSyncSupported {
+		t.Skip("no syncfs(2) here")
+	}
+	dir := t.TempDir()
+	js := natstest.StartWith(t, natsembed.Options{StoreDir: dir, GroupSync: true}).JetStream()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: stream, Subjects: []string{"gc.>"}, Duplicates: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	syncer, err := natsembed.NewSyncer(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syncer.Close()
+	gate := make(chan struct{})
+	var fail atomic.Bool
+	var calls atomic.Int64
+	p, err := New(js, Options{Stream: stream, MaxBatch: 1, Sync: func() error {
+		calls.Add(1)
+		<-gate
+		if fail.Load() {
+			return errors.New("sync failed")
+		}
+		return syncer.Sync()
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 100
+	res := make([]result, n)
+	answered := make(chan struct{})
+	go func() { publishAll(p, ids("s", n), res); close(answered) }()
+	natstest.WaitFor(t, 10*time.Second, func() error {
+		if got := len(stored(t, js)); got != n {
+			return fmt.Errorf("%d of %d stored while the sync is held", got, n)
+		}
+		return nil
+	})
+	select {
+	case <-answered:
+		t.Fatal("callers answered before their sync returned")
+	default:
+	}
+	if c := calls.Load(); c != n {
+		t.Errorf("%d calls of Sync, want one per publish (%d)", c, n)
+	}
+	close(gate)
+	<-answered
+	check(t, js, res)
+
+	fail.Store(true)
+	ack, err := p.PublishMsg(ctx, msg("after-failure"), jetstream.WithExpectStream(stream))
+	if err == nil || ack != nil {
+		t.Errorf("PublishMsg with a failing Sync = %+v, %v; want the sync's error", ack, err)
+	}
 }

@@ -29,6 +29,13 @@ type Options struct {
 	// cut; a positive interval risks that much acknowledged data on a power cut
 	// or kernel crash (a process crash loses nothing either way).
 	SyncInterval time.Duration
+	// GroupSync, with SyncInterval zero, moves the sync of every write from
+	// the server to the caller: the server writes each message to its files
+	// before acknowledging it and syncs them every GroupSyncInterval, and the
+	// caller calls a Syncer's Sync before it answers for a write (group
+	// commit: one sync for all the writes made meanwhile). Only where
+	// GroupSyncSupported.
+	GroupSync bool
 	// Name is the server name, "verifeye-bridge" by default.
 	Name string
 	// Cluster, when non-nil, makes the server a member of a NATS cluster.
@@ -102,9 +109,15 @@ func serverOptions(opts Options) (*server.Options, error) {
 	if so.ServerName == "" {
 		so.ServerName = "verifeye-bridge"
 	}
-	if opts.SyncInterval <= 0 {
+	switch {
+	case opts.SyncInterval <= 0 && opts.GroupSync:
+		if !syncfsSupported {
+			return nil, ErrSyncUnsupported
+		}
+		so.SyncInterval = GroupSyncInterval
+	case opts.SyncInterval <= 0:
 		so.SyncAlways = true
-	} else {
+	default:
 		so.SyncInterval = opts.SyncInterval
 	}
 	switch opts.Addr {

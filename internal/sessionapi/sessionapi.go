@@ -41,6 +41,10 @@ type Options struct {
 	// Prefix is the subject prefix (SUBJECT_PREFIX); empty means "verifeye".
 	Prefix string
 	Log    zerolog.Logger
+	// Sync, when set, is called after an expectation is stored and before it
+	// is answered 202: the embedded server at NATS_EMBEDDED_SYNC=always
+	// leaves syncing to its callers (natsembed.Syncer).
+	Sync func() error
 }
 
 // API serves the internal API. Build it with New; run its shared ledger
@@ -391,6 +395,12 @@ func (a *API) expect(w http.ResponseWriter, r *http.Request, id string) {
 	if err := outcome.Expect(ctx, a.js, source, id, outcome.WithPrefix(a.opts.Prefix)); err != nil {
 		a.unavailable(w, r, err)
 		return
+	}
+	if a.opts.Sync != nil {
+		if err := a.opts.Sync(); err != nil {
+			a.unavailable(w, r, err)
+			return
+		}
 	}
 	writeJSON(w, r, http.StatusAccepted, map[string]string{"sessionId": outcome.SessionKey(id), "source": source, "state": outcome.StateExpected})
 }

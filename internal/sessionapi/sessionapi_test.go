@@ -3,10 +3,12 @@ package sessionapi_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -33,6 +35,12 @@ type rig struct {
 
 func newRig(t *testing.T) *rig {
 	t.Helper()
+	return newRigSync(t, nil)
+}
+
+// newRigSync is newRig with Options.Sync.
+func newRigSync(t *testing.T, sync func() error) *rig {
+	t.Helper()
 	ns := natstest.Start(t)
 	js := ns.JetStream()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -45,7 +53,7 @@ func newRig(t *testing.T) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	api := sessionapi.New(js, sessionapi.Options{Token: token, Log: zerolog.New(zerolog.NewTestWriter(t))})
+	api := sessionapi.New(js, sessionapi.Options{Token: token, Log: zerolog.New(zerolog.NewTestWriter(t)), Sync: sync})
 	runCtx, stop := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = api.Run(runCtx) }()
@@ -252,5 +260,30 @@ func TestExpect(t *testing.T) {
 	}
 	if msgs[1].Subject() != "verifeye.expect.default" {
 		t.Errorf("expectation without a body on %s, want verifeye.expect.default", msgs[1].Subject())
+	}
+}
+
+// TestExpectSyncsBeforeAnswer: with Options.Sync, an expectation is answered
+// 202 only after a Sync made once it was stored; a failing Sync answers 503.
+func TestExpectSyncsBeforeAnswer(t *testing.T) {
+	var r *rig
+	var stored []int
+	fail := false
+	r = newRigSync(t, func() error {
+		stored = append(stored, len(natstest.Messages(t, r.js, outcome.StreamExpectations)))
+		if fail {
+			return errors.New("test: the disk failed")
+		}
+		return nil
+	})
+	if code, body := r.do("PUT", "/v1/sessions/"+sid(7)+"/expect", token, ""); code != 202 {
+		t.Errorf("PUT expect: %d %v, want 202", code, body)
+	}
+	fail = true
+	if code, body := r.do("PUT", "/v1/sessions/"+sid(8)+"/expect", token, ""); code != 503 || body["error"] != "unavailable" {
+		t.Errorf("PUT expect with a failing sync: %d %v, want 503 unavailable", code, body)
+	}
+	if !slices.Equal(stored, []int{1, 2}) {
+		t.Errorf("Sync found %v expectations stored; want [1 2] (each stored before its sync)", stored)
 	}
 }

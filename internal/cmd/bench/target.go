@@ -63,6 +63,7 @@ type measurement struct {
 	stored, accepted int           // serve: messages on the webhooks stream; 202s that were not duplicates
 	outcomes         int           // serve: outcomes the enricher published during res
 	fsyncs           float64       // the disk's fsyncs per second just before, if measured
+	syncWait         histogram     // serve with group sync: the waits for a sync during res
 	exitErr          error
 }
 
@@ -160,8 +161,12 @@ func measure(ctx context.Context, env benchEnv, t *target, opts loadgen.Options,
 	if err != nil {
 		return nil, err
 	}
+	wait0, _ := scrapeHistogram(ctx, p.addr, syncWaitMetric) // none but serve at sync=always has it
 	if m.res, err = loadgen.Run(ctx, opts); err != nil {
 		return nil, err
+	}
+	if wait1, err := scrapeHistogram(ctx, p.addr, syncWaitMetric); err == nil {
+		m.syncWait = wait1.minus(wait0)
 	}
 	cpu1, err := loadgen.ProcCPU(p.cmd.Process.Pid)
 	if err != nil {
