@@ -29,14 +29,21 @@ type Syncer struct {
 	do  func(*os.File) error // syncfs
 
 	mu      sync.Mutex
-	cond    *sync.Cond
-	started uint64 // syncs begun
-	done    uint64 // syncs finished
-	running bool
-	waiting int   // callers waiting for a sync to end
+	pending *generation   // the callers the next sync covers; nil for none
+	wake    chan struct{} // tells the loop callers are pending
+	closed  bool
 	err     error // the first failure, final
+	syncs   uint64
+	stopped chan struct{} // closed when the loop has returned
 
 	seconds, wait prometheus.Histogram
+}
+
+// generation is the callers one sync covers: they joined before it began.
+type generation struct {
+	callers int
+	done    chan struct{} // closed when the sync has ended; err is set before
+	err     error
 }
 
 // GroupSyncInterval is how often a server started with Options.GroupSync
@@ -52,7 +59,8 @@ const GroupSyncSupported = syncfsSupported
 // syncfs(2); the server must then sync every write itself.
 var ErrSyncUnsupported = errors.New("natsembed: group sync needs syncfs(2) (Linux)")
 
-// NewSyncer returns a Syncer for the store under dir (Options.StoreDir).
+// NewSyncer returns a Syncer for the store under dir (Options.StoreDir). Its
+// syncs run in a goroutine of its own until Close.
 func NewSyncer(dir string) (*Syncer, error) {
 	if !syncfsSupported {
 		return nil, ErrSyncUnsupported
@@ -61,8 +69,7 @@ func NewSyncer(dir string) (*Syncer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("natsembed: open store for syncing: %w", err)
 	}
-	s := &Syncer{dir: f, do: syncfs}
-	s.cond = sync.NewCond(&s.mu)
+	s := &Syncer{dir: f, do: syncfs, wake: make(chan struct{}, 1), stopped: make(chan struct{})}
 	s.seconds = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "verifeye_bridge_store_sync_seconds",
 		Help:    "Duration of each sync of the embedded server's store (group commit: one sync covers every write made before it began).",
@@ -74,6 +81,7 @@ func NewSyncer(dir string) (*Syncer, error) {
 		// Fine buckets (x1.25 from 50 µs to about 0.4 s): the figure is compared with one fsync's.
 		Buckets: prometheus.ExponentialBuckets(50e-6, 1.25, 41),
 	})
+	go s.loop()
 	return s, nil
 }
 
@@ -92,44 +100,85 @@ func (s *Syncer) Err() error {
 // Sync returns once everything written to the store before Sync was called is
 // on disk: after a sync that began after the call. It returns the error of a
 // failed sync, this one's or any earlier one's.
+//
+// Callers wait on their generation's channel, never on a lock: a sync that
+// ends wakes exactly the callers it covered, each once.
 func (s *Syncer) Sync() error {
 	defer func(start time.Time) { s.wait.Observe(time.Since(start).Seconds()) }(time.Now())
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	// A sync running now may have begun before the caller's writes: the
-	// caller needs the next one.
-	need := s.started + 1
-	for s.done < need && s.err == nil {
-		if s.running {
-			s.waiting++
-			s.cond.Wait()
-			s.waiting--
-			continue
+	if s.err != nil || s.closed {
+		err := s.err
+		if err == nil {
+			err = errors.New("natsembed: syncer closed")
 		}
-		s.running = true
-		s.started++
-		n := s.started
 		s.mu.Unlock()
-		start := time.Now()
-		err := s.do(s.dir)
-		s.seconds.Observe(time.Since(start).Seconds())
-		s.mu.Lock()
-		s.running = false
-		s.done = n
-		if err != nil && s.err == nil {
-			s.err = fmt.Errorf("natsembed: sync store: %w", err)
-		}
-		s.cond.Broadcast()
+		return err
 	}
-	return s.err
+	g := s.pending
+	if g == nil {
+		g = &generation{done: make(chan struct{})}
+		s.pending = g
+	}
+	g.callers++
+	select {
+	case s.wake <- struct{}{}:
+	default: // the loop is awake already
+	}
+	s.mu.Unlock()
+	<-g.done
+	return g.err
+}
+
+// loop runs one sync per generation, back to back while callers are pending.
+func (s *Syncer) loop() {
+	defer close(s.stopped)
+	for range s.wake {
+		for {
+			s.mu.Lock()
+			g, failed := s.pending, s.err
+			s.pending = nil
+			s.mu.Unlock()
+			if g == nil {
+				break
+			}
+			err := failed
+			if err == nil {
+				start := time.Now()
+				if err = s.do(s.dir); err != nil {
+					err = fmt.Errorf("natsembed: sync store: %w", err)
+				}
+				s.seconds.Observe(time.Since(start).Seconds())
+			}
+			s.mu.Lock()
+			if failed == nil {
+				s.syncs++
+			}
+			if s.err == nil {
+				s.err = err
+			}
+			g.err = s.err
+			s.mu.Unlock()
+			close(g.done)
+		}
+	}
 }
 
 // Syncs returns how many syncs have finished.
 func (s *Syncer) Syncs() uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.done
+	return s.syncs
 }
 
-// Close releases the Syncer's handle on the store directory.
-func (s *Syncer) Close() error { return s.dir.Close() }
+// Close ends the Syncer, once callers already waiting are answered, and
+// releases its handle on the store directory. Sync fails after Close.
+func (s *Syncer) Close() error {
+	s.mu.Lock()
+	if !s.closed {
+		s.closed = true
+		close(s.wake)
+	}
+	s.mu.Unlock()
+	<-s.stopped
+	return s.dir.Close()
+}

@@ -76,7 +76,7 @@ func TestSyncerWaitsForASyncBegunAfterTheCall(t *testing.T) {
 	waitFor(t, func() bool {           // the second caller is waiting
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		return s.waiting == 1
+		return s.pending != nil && s.pending.callers == 1
 	})
 	release <- struct{}{} // sync 1 ends
 	if err := <-first; err != nil {

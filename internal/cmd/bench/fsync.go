@@ -66,6 +66,7 @@ func printGroupCommit(w io.Writer, targets []*target, all []*measurement, rate f
 			// the part of a request that syncing every write adds.
 			fmt.Fprintf(w, "  %s, wait for the durable write (%s, %d waits: 202s and enrichment acks): p50 %s, p99 %s = %.2f x disk fsync p99 (target <= 2)\n",
 				name, syncWaitMetric, h.total, ms(h.quantile(0.5)), ms(h.quantile(0.99)), float64(h.quantile(0.99))/float64(disk.p99))
+			printSyncs(w, m)
 		}
 	}
 }

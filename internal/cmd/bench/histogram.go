@@ -16,6 +16,9 @@ import (
 // enrichment ack.
 const syncWaitMetric = "verifeye_bridge_store_sync_wait_seconds"
 
+// syncMetric is serve's histogram of the syncs themselves.
+const syncMetric = "verifeye_bridge_store_sync_seconds"
+
 // histogram is a scraped Prometheus histogram: cumulative counts by upper
 // bound, ascending.
 type histogram struct {

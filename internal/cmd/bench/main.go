@@ -350,7 +350,19 @@ func printRatios(w io.Writer, targets []*target, all []*measurement) {
 			fmt.Fprintf(w, "\n    (for scale: just before, one writer appending 128 bytes + fsync in the same file system did %.0f fsyncs/s)", m.fsyncs)
 		}
 		fmt.Fprintln(w)
+		printSyncs(w, m)
 	}
+}
+
+// printSyncs reports serve's group sync during m: syncs, their duration, the
+// writes each covered, and how long a write waited for one.
+func printSyncs(w io.Writer, m *measurement) {
+	if m.syncs.total == 0 {
+		return
+	}
+	fmt.Fprintf(w, "    group sync: %d syncs (%.0f/s), each p50 %s, p99 %s; %.1f waits per sync; wait p50 %s, p99 %s\n",
+		m.syncs.total, float64(m.syncs.total)/m.res.Elapsed.Seconds(), ms(m.syncs.quantile(0.5)), ms(m.syncs.quantile(0.99)),
+		float64(m.syncWait.total)/float64(m.syncs.total), ms(m.syncWait.quantile(0.5)), ms(m.syncWait.quantile(0.99)))
 }
 
 // keptUp reports whether a paced run answered at the offered rate; otherwise

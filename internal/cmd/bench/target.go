@@ -63,7 +63,7 @@ type measurement struct {
 	stored, accepted int           // serve: messages on the webhooks stream; 202s that were not duplicates
 	outcomes         int           // serve: outcomes the enricher published during res
 	fsyncs           float64       // the disk's fsyncs per second just before, if measured
-	syncWait         histogram     // serve with group sync: the waits for a sync during res
+	syncWait, syncs  histogram     // serve with group sync: the waits for a sync, and the syncs, during res
 	exitErr          error
 }
 
@@ -162,11 +162,15 @@ func measure(ctx context.Context, env benchEnv, t *target, opts loadgen.Options,
 		return nil, err
 	}
 	wait0, _ := scrapeHistogram(ctx, p.addr, syncWaitMetric) // none but serve at sync=always has it
+	syncs0, _ := scrapeHistogram(ctx, p.addr, syncMetric)
 	if m.res, err = loadgen.Run(ctx, opts); err != nil {
 		return nil, err
 	}
 	if wait1, err := scrapeHistogram(ctx, p.addr, syncWaitMetric); err == nil {
 		m.syncWait = wait1.minus(wait0)
+	}
+	if syncs1, err := scrapeHistogram(ctx, p.addr, syncMetric); err == nil {
+		m.syncs = syncs1.minus(syncs0)
 	}
 	cpu1, err := loadgen.ProcCPU(p.cmd.Process.Pid)
 	if err != nil {
