@@ -92,7 +92,7 @@ type commonConfig struct {
 	NATSAuth
 	SubjectPrefix    string        `envconfig:"SUBJECT_PREFIX" default:"verifeye" desc:"first token of every subject: [A-Za-z0-9_-], at most 64"`
 	StreamReplicas   int           `envconfig:"STREAM_REPLICAS" default:"1" desc:"JetStream replicas of the streams the bridge creates: 1 to 5 (3 on a cluster); 1 with the embedded server"`
-	DupWindow        time.Duration `envconfig:"STREAM_DUPLICATE_WINDOW" default:"10m" desc:"de-duplication window of the webhooks and results streams: 1s to 168h"`
+	DupWindow        time.Duration `envconfig:"STREAM_DUPLICATE_WINDOW" default:"2m" desc:"de-duplication window of the webhooks and results streams: 1s to 168h"`
 	WebhooksMaxAge   time.Duration `envconfig:"WEBHOOKS_MAX_AGE" default:"168h" desc:"how long the webhooks stream keeps events: 0 (no limit) or at least STREAM_DUPLICATE_WINDOW"`
 	WebhooksMaxBytes int64         `envconfig:"WEBHOOKS_MAX_BYTES" default:"1073741824" desc:"size of the webhooks stream, at least 1 MiB or -1 (no limit); when full, webhooks get 503"`
 	ResultsMaxAge    time.Duration `envconfig:"RESULTS_MAX_AGE" default:"168h" desc:"how long the results stream keeps outcomes: 0 (no limit) or at least STREAM_DUPLICATE_WINDOW"`

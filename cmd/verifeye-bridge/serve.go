@@ -312,6 +312,10 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		newIdleReclaim(log.With().Str("component", "memory").Logger()).run(gctx)
+		return nil
+	})
 	streamsReady := make(chan struct{})
 	g.Go(func() error {
 		ensureStreams(gctx, js, subjects, cfg.common.limits(), log)

@@ -47,7 +47,7 @@ type Options struct {
 	Stream string
 	// DuplicateWindow is the cluster's de-duplication window: forwarding an
 	// event older than that is logged and counted, because a copy the cluster
-	// stored before its PubAck was lost would no longer be recognised. 10 min by
+	// stored before its PubAck was lost would no longer be recognised. 2 min by
 	// default.
 	DuplicateWindow time.Duration
 	// ForwardTimeout bounds one forward to the cluster; 5 s by default.
@@ -121,7 +121,7 @@ func Open(cluster Publisher, opts Options) (*Spool, error) {
 		opts.Stream = streams.Webhooks
 	}
 	if opts.DuplicateWindow <= 0 {
-		opts.DuplicateWindow = 10 * time.Minute
+		opts.DuplicateWindow = 2 * time.Minute
 	}
 	if opts.ForwardTimeout <= 0 {
 		opts.ForwardTimeout = 5 * time.Second

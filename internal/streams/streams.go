@@ -260,7 +260,7 @@ type Limits struct {
 func DefaultLimits() Limits {
 	return Limits{
 		Replicas:         1,
-		Duplicates:       10 * time.Minute,
+		Duplicates:       2 * time.Minute,
 		WebhooksMaxAge:   7 * 24 * time.Hour,
 		WebhooksMaxBytes: 1 << 30,
 		ResultsMaxAge:    7 * 24 * time.Hour,

@@ -28,7 +28,7 @@ func CreateStream(ctx context.Context, js jetstream.JetStream, prefix string) er
 		Subjects:   []string{outcome.ResultsAll(prefix)},
 		Retention:  jetstream.LimitsPolicy,
 		Storage:    jetstream.MemoryStorage,
-		Duplicates: 10 * time.Minute,
+		Duplicates: 2 * time.Minute,
 	})
 	if err != nil {
 		return fmt.Errorf("outcometest: create %s: %w", outcome.StreamResults, err)

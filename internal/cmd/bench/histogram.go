@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 )
@@ -30,19 +31,7 @@ type histogram struct {
 // scrapeHistogram reads the histogram name from the /metrics of the
 // process listening on addr.
 func scrapeHistogram(ctx context.Context, addr, name string) (histogram, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
-	if err != nil {
-		return histogram{}, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return histogram{}, err
-	}
-	defer resp.Body.Close()
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(resp.Body)
+	fams, err := scrape(ctx, addr)
 	if err != nil {
 		return histogram{}, err
 	}
@@ -57,6 +46,37 @@ func scrapeHistogram(ctx context.Context, addr, name string) (histogram, error) 
 		out.counts = append(out.counts, b.GetCumulativeCount())
 	}
 	return out, nil
+}
+
+// scrapeGauge reads the gauge name from the /metrics of the process
+// listening on addr.
+func scrapeGauge(ctx context.Context, addr, name string) (float64, error) {
+	fams, err := scrape(ctx, addr)
+	if err != nil {
+		return 0, err
+	}
+	f := fams[name]
+	if f == nil || len(f.GetMetric()) != 1 || f.GetMetric()[0].GetGauge() == nil {
+		return 0, fmt.Errorf("%s: no such gauge", name)
+	}
+	return f.GetMetric()[0].GetGauge().GetValue(), nil
+}
+
+// scrape reads the /metrics of the process listening on addr.
+func scrape(ctx context.Context, addr string) (map[string]*dto.MetricFamily, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	return p.TextToMetricFamilies(resp.Body)
 }
 
 // minus returns h less an earlier scrape of the same histogram (zero: none).

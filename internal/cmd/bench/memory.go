@@ -198,10 +198,10 @@ func verdict(ok bool) string {
 func serveBacklog(ctx context.Context, cfg config, senv benchEnv, backlog int, window string, run uint32, w io.Writer) ([]string, error) {
 	var problems []string
 	t := &target{name: "serve (memory)", sync: "1s"}
-	what := "default STREAM_DUPLICATE_WINDOW (10m): every message ID remembered"
+	what := "default STREAM_DUPLICATE_WINDOW (2m): every message ID remembered"
 	if window != "" {
 		t.env = []string{"STREAM_DUPLICATE_WINDOW=" + window}
-		what = "STREAM_DUPLICATE_WINDOW=" + window + ": as a backlog gathered over more than the default 10 minutes"
+		what = "STREAM_DUPLICATE_WINDOW=" + window + ": as a backlog gathered over more than the default 2 minutes"
 	}
 	p, err := start(ctx, senv, t, filepath.Join(senv.tmp, fmt.Sprintf("memory-serve-%d", run)))
 	if err != nil {
@@ -252,6 +252,7 @@ func serveBacklog(ctx context.Context, cfg config, senv benchEnv, backlog int, w
 		held = idleMem(ctx, pid, 5*time.Second)
 	}
 	_, hwm, _ := procMem(pid)
+	heap := goHeap(ctx, p.addr)
 	n, err := streamMsgs(ctx, js, streams.Webhooks, streams.Results)
 	if err != nil {
 		return nil, err
@@ -268,5 +269,25 @@ func serveBacklog(ctx context.Context, cfg config, senv benchEnv, backlog int, w
 	fmt.Fprintf(w, "  serve (embedded NATS, NATS_EMBEDDED_SYNC=1s), VerifEye API refusing every call (the enricher pauses),\n    %s; %d webhooks accepted in %.0f s:\n", what, accepted, fillTime.Seconds())
 	fmt.Fprintf(w, "    idle %s; while filling: max %s; holding the backlog: %s in the first 5 s, %s at %v, %+.1f MB over idle (target < +%s: %s); VmHWM %s\n",
 		mb(idle), mb(fillPeak), mb(early), mb(held), hold, float64(held-idle)/(1<<20), mb(memBacklogDelta), verdict(held-idle < memBacklogDelta), mb(hwm))
+	if heap != "" {
+		fmt.Fprintf(w, "    Go heap at the end: %s\n", heap)
+	}
 	return problems, nil
+}
+
+// goHeap summarises the Go runtime's memory of the process at addr, from its
+// /metrics: the live heap against what the runtime holds from the system.
+func goHeap(ctx context.Context, addr string) string {
+	v := map[string]float64{}
+	for _, name := range []string{"go_memstats_heap_inuse_bytes", "go_memstats_heap_idle_bytes", "go_memstats_heap_released_bytes", "go_memstats_next_gc_bytes", "go_memstats_sys_bytes"} {
+		h, err := scrapeGauge(ctx, addr, name)
+		if err != nil {
+			return ""
+		}
+		v[name] = h
+	}
+	m := func(x float64) string { return fmt.Sprintf("%.1f MB", x/(1<<20)) }
+	return fmt.Sprintf("in use %s, idle not yet returned to the system %s, next GC at %s, runtime total from the system %s",
+		m(v["go_memstats_heap_inuse_bytes"]), m(v["go_memstats_heap_idle_bytes"]-v["go_memstats_heap_released_bytes"]),
+		m(v["go_memstats_next_gc_bytes"]), m(v["go_memstats_sys_bytes"]))
 }
