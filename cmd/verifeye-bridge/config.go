@@ -106,11 +106,12 @@ type commonConfig struct {
 
 // embeddedConfig is read by serve and dev.
 type embeddedConfig struct {
-	EmbeddedAddr string `envconfig:"NATS_EMBEDDED_ADDR" default:"127.0.0.1:4222" desc:"where the embedded NATS server listens (for watch and local consumers); '-' for nowhere"`
-	DataDir      string `envconfig:"DATA_DIR" default:"./data" desc:"embedded JetStream storage directory (NATS_URL empty), else where the spool lives (DATA_DIR/spool); created if need be, must be writable"`
-	EmbeddedSync string `envconfig:"NATS_EMBEDDED_SYNC" default:"always" desc:"'always' fsyncs every event before it is acknowledged; a duration up to 2m (e.g. 1s) syncs on that interval and risks that much on a power cut"`
-	EmbeddedUser string `envconfig:"NATS_EMBEDDED_USER" desc:"user the embedded NATS server requires (with NATS_EMBEDDED_PASSWORD); default: generated at first start and kept in DATA_DIR"`
-	EmbeddedPass secret `envconfig:"NATS_EMBEDDED_PASSWORD" desc:"password of NATS_EMBEDDED_USER"`
+	EmbeddedAddr      string `envconfig:"NATS_EMBEDDED_ADDR" default:"127.0.0.1:4222" desc:"where the embedded NATS server listens (for watch and local consumers); '-' for nowhere"`
+	DataDir           string `envconfig:"DATA_DIR" default:"./data" desc:"embedded JetStream storage directory (NATS_URL empty), else where the spool lives (DATA_DIR/spool); created if need be, must be writable"`
+	EmbeddedSync      string `envconfig:"NATS_EMBEDDED_SYNC" default:"always" desc:"'always' fsyncs every event before it is acknowledged; a duration up to 2m (e.g. 1s) syncs on that interval and risks that much on a power cut"`
+	EmbeddedGroupSync string `envconfig:"NATS_EMBEDDED_GROUP_SYNC" default:"on" desc:"with NATS_EMBEDDED_SYNC=always: 'on' syncs the store once for all the writes made meanwhile (group commit, syncfs); 'off' has the server sync each write itself (concurrent webhooks then share JetStream atomic batches)"`
+	EmbeddedUser      string `envconfig:"NATS_EMBEDDED_USER" desc:"user the embedded NATS server requires (with NATS_EMBEDDED_PASSWORD); default: generated at first start and kept in DATA_DIR"`
+	EmbeddedPass      secret `envconfig:"NATS_EMBEDDED_PASSWORD" desc:"password of NATS_EMBEDDED_USER"`
 }
 
 // ingestConfig is read by serve, dev and ingest.
@@ -414,6 +415,9 @@ func (c embeddedConfig) validate() error {
 	}
 	if strings.ContainsAny(c.EmbeddedUser, " \t\r\n") {
 		return errors.New("NATS_EMBEDDED_USER: must not contain white space")
+	}
+	if c.EmbeddedGroupSync != "on" && c.EmbeddedGroupSync != "off" {
+		return fmt.Errorf("NATS_EMBEDDED_GROUP_SYNC: %q is not on or off", c.EmbeddedGroupSync)
 	}
 	_, err := c.syncInterval()
 	return err

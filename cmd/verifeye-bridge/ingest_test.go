@@ -474,6 +474,7 @@ func TestServiceConfigErrors(t *testing.T) {
 		{"only the key hash", "serve", []string{keyHash}, "VERIFEYE_API_KEY"},
 		{"bad publish timeout", "serve", []string{key, "INGEST_PUBLISH_TIMEOUT=soon"}, "INGEST_PUBLISH_TIMEOUT"},
 		{"bad sync setting", "serve", []string{key, "NATS_EMBEDDED_SYNC=sometimes"}, "NATS_EMBEDDED_SYNC"},
+		{"bad group sync setting", "serve", []string{key, "NATS_EMBEDDED_GROUP_SYNC=maybe"}, "NATS_EMBEDDED_GROUP_SYNC"},
 		{"bad subject prefix", "serve", []string{key, "SUBJECT_PREFIX=a.b"}, "SUBJECT_PREFIX"},
 		{"API key in clear text to a remote host", "serve", []string{key, "VERIFEYE_API_URL=http://example.com"}, "VERIFEYE_API_URL"},
 		{"enrich: API key in clear text to a remote host", "enrich", []string{key, noNATS, "VERIFEYE_API_URL=http://192.0.2.1:8080"}, "VERIFEYE_API_URL"},
@@ -519,7 +520,7 @@ func TestServiceHelpAndVersion(t *testing.T) {
 		notWant []string
 	}{{
 		args: []string{"serve", "--help"},
-		want: []string{"HTTP_ADDR", "NATS_URL", "NATS_EMBEDDED_ADDR", "DATA_DIR", "NATS_EMBEDDED_SYNC", "SUBJECT_PREFIX", "STREAM_REPLICAS",
+		want: []string{"HTTP_ADDR", "NATS_URL", "NATS_EMBEDDED_ADDR", "DATA_DIR", "NATS_EMBEDDED_SYNC", "NATS_EMBEDDED_GROUP_SYNC", "SUBJECT_PREFIX", "STREAM_REPLICAS",
 			"VERIFEYE_API_KEY", "VERIFEYE_API_URL", "VERIFEYE_REGION", "WEBHOOK_AUTH", "WEBHOOK_TOKEN", "WEBHOOK_API_KEY_SHA256",
 			"ENRICH_CONCURRENCY", "VERIFEYE_RATE_LIMIT", "ENRICH_MAX_ATTEMPTS", "LOG_LEVEL", "LOG_FORMAT", "NATS_CREDS", "NATS_TLS_CA",
 			"SPOOL", "SPOOL_AFTER", "SPOOL_MAX_BYTES"},
@@ -571,16 +572,18 @@ func TestEmbeddedSyncsEveryWrite(t *testing.T) {
 		t.Fatalf("process: %v", err)
 	}
 	tests := []struct {
-		name string
-		sync string
-		want bool
+		name  string
+		sync  string
+		group string // NATS_EMBEDDED_GROUP_SYNC
+		want  bool
 	}{
-		{"default", def.EmbeddedSync, true},
-		{"always", "always", true},
-		{"interval", "1s", false},
+		{"default", def.EmbeddedSync, def.EmbeddedGroupSync, true},
+		{"always", "always", "on", true},
+		{"always, the server syncing each write", "always", "off", true},
+		{"interval", "1s", "on", false},
 	}
 	for _, tc := range tests {
-		cfg := embeddedConfig{EmbeddedAddr: "-", DataDir: t.TempDir(), EmbeddedSync: tc.sync}
+		cfg := embeddedConfig{EmbeddedAddr: "-", DataDir: t.TempDir(), EmbeddedSync: tc.sync, EmbeddedGroupSync: tc.group}
 		if err := cfg.validate(); err != nil {
 			t.Fatalf("%s: validate: %v", tc.name, err)
 		}
@@ -606,7 +609,9 @@ func TestEmbeddedSyncsEveryWrite(t *testing.T) {
 		switch {
 		case !tc.want && (jsc.SyncAlways || grouped):
 			t.Errorf("%s (NATS_EMBEDDED_SYNC=%q): SyncAlways %v, group sync %v; want neither", tc.name, tc.sync, jsc.SyncAlways, grouped)
-		case tc.want && grouped != natsembed.GroupSyncSupported:
+		case tc.want && tc.group == "off" && (grouped || !jsc.SyncAlways):
+			t.Errorf("%s: group sync %v, server SyncAlways %v; want the server syncing each write", tc.name, grouped, jsc.SyncAlways)
+		case tc.want && tc.group == "on" && grouped != natsembed.GroupSyncSupported:
 			t.Errorf("%s (NATS_EMBEDDED_SYNC=%q): group sync %v, want %v (syncfs here: %v)", tc.name, tc.sync, grouped, natsembed.GroupSyncSupported, natsembed.GroupSyncSupported)
 		case tc.want && grouped && (jsc.SyncAlways || jsc.SyncInterval != natsembed.GroupSyncInterval):
 			t.Errorf("%s: group sync with the server's SyncAlways %v, SyncInterval %v; want false, %v", tc.name, jsc.SyncAlways, jsc.SyncInterval, natsembed.GroupSyncInterval)

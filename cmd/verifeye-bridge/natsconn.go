@@ -203,7 +203,7 @@ func startEmbedded(cfg embeddedConfig, name string, log zerolog.Logger) (*connec
 	interval, _ := cfg.syncInterval()
 	// Syncing every write: the server writes, the roles sync once for all
 	// the writes made meanwhile (group commit), where the system allows.
-	groupSync := interval == 0 && natsembed.GroupSyncSupported
+	groupSync := interval == 0 && cfg.EmbeddedGroupSync != "off" && natsembed.GroupSyncSupported
 	ns, err := natsembed.Start(natsembed.Options{
 		StoreDir:     cfg.DataDir,
 		Addr:         cfg.EmbeddedAddr,

@@ -71,12 +71,25 @@ func printGroupCommit(w io.Writer, targets []*target, all []*measurement, rate f
 	}
 }
 
-// groupCommitBaselines returns, for the serve sync=always and ingest
-// SPOOL=off targets, the same target publishing each webhook alone.
+// groupCommitBaselines returns the baselines of group commit: for serve
+// sync=always, the server syncing each write itself
+// (NATS_EMBEDDED_GROUP_SYNC=off, concurrent webhooks sharing JetStream atomic
+// batches), and that with each webhook published alone (INGEST_BATCH=1); for
+// ingest SPOOL=off, each webhook alone.
 func groupCommitBaselines(targets []*target) []*target {
 	var out []*target
 	for _, t := range targets {
-		if (t.sync == "always" || (t.ingest && t.spool == "off" && !t.natsDown)) && t.batch == "" {
+		if t.batch != "" || len(t.env) > 0 {
+			continue
+		}
+		switch {
+		case t.sync == "always":
+			b := *t
+			b.name, b.env = t.name+", GROUP_SYNC=off", []string{"NATS_EMBEDDED_GROUP_SYNC=off"}
+			a := b
+			a.name, a.batch = b.name+", INGEST_BATCH=1", "1"
+			out = append(out, &b, &a)
+		case t.ingest && t.spool == "off" && !t.natsDown:
 			b := *t
 			b.name, b.batch = t.name+", INGEST_BATCH=1", "1"
 			out = append(out, &b)

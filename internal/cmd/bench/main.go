@@ -83,7 +83,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "LOG_LEVEL of the measured processes (info, the default, logs every webhook)")
 	fs.BoolVar(&cfg.enrich, "enrich", true, "let serve's enricher work (at VERIFEYE_RATE_LIMIT=50); false makes the fake API refuse the key, which pauses it, so serve's CPU is the ingest's alone")
 	fs.BoolVar(&cfg.spool, "spool", true, "also measure `ingest` against an external NATS: SPOOL=off, SPOOL=on, and SPOOL=on with NATS down (answers from the spool alone)")
-	fs.BoolVar(&cfg.alone, "alone", true, "also measure serve with NATS_EMBEDDED_SYNC=always, and ingest with SPOOL=off, publishing each webhook alone (INGEST_BATCH=1): the baselines of group commit")
+	fs.BoolVar(&cfg.alone, "alone", true, "also measure serve at NATS_EMBEDDED_SYNC=always with the server syncing each write (NATS_EMBEDDED_GROUP_SYNC=off: atomic batches, and each webhook alone), and ingest with SPOOL=off publishing each webhook alone (INGEST_BATCH=1): the baselines of group commit")
 	fs.StringVar(&cfg.memory, "memory", "on", "the memory phase (resident memory of ingest at 1,000 req/s and of serve holding -backlog webhooks with the API paused): on, off, or only")
 	fs.IntVar(&cfg.backlog, "backlog", 100_000, "webhooks serve holds in the memory phase")
 	fs.DurationVar(&cfg.hold, "hold", 10*time.Second, "how long after the backlog is in the memory phase samples serve holding it (Go collects garbage at least every 2 minutes)")
