@@ -243,10 +243,17 @@ func TestEnrichReplicaKilledMidEnrichment(t *testing.T) {
 	}
 	victim, survivor := replicas[0], replicas[1]
 	var held int
+	// Kill once every worker of both replicas has called the API: a message
+	// the victim holds is then in its 500 ms API call but for a few
+	// milliseconds, so the kill cuts enrichments short (a replica that has
+	// only fetched its first messages holds them before the call).
 	natstest.WaitFor(t, 30*time.Second, func() (err error) {
 		held, err = enrichInFlight(victim.base)
 		if err == nil && held < 2 {
 			err = fmt.Errorf("the victim holds %d enrichments, want 2 or more", held)
+		}
+		if calls := api.TotalCalls(); err == nil && calls < 8 {
+			err = fmt.Errorf("%d API calls so far, want the 8 workers' first ones", calls)
 		}
 		return err
 	})
