@@ -10,6 +10,11 @@
 // sent alone with the asynchronous API, written to the connection together,
 // then each PubAck awaited; not one request/reply per message.
 //
+// A connection that drops with publishes in flight leaves unknown whether the
+// server stored them: each is published again, alone, once the connection is
+// back and while its caller still waits, and is stored then or answered as
+// the duplicate of the copy stored before the drop.
+//
 // Each caller gets its own PubAck. De-duplication stays exact: the server
 // refuses a whole atomic batch when any of its messages repeats a Nats-Msg-Id
 // it already has (error 10201, without saying which), so a refused batch is
@@ -99,6 +104,9 @@ type Stats struct {
 	Singles uint64
 	// Splits is the number of batches refused for a duplicate and split.
 	Splits uint64
+	// Republished is the number of messages sent again, alone, because the
+	// connection dropped before their PubAck (or their batch's) came.
+	Republished uint64
 }
 
 // Publisher batches concurrent publishes. It implements the PublishMsg of
@@ -116,9 +124,9 @@ type Publisher struct {
 
 	cost costs
 
-	loggedOff                         atomic.Bool
-	batches, batched, singles, splits atomic.Uint64
-	size                              prometheus.Histogram
+	loggedOff                                      atomic.Bool
+	batches, batched, singles, splits, republished atomic.Uint64
+	size                                           prometheus.Histogram
 }
 
 // capability is whether the server and stream take atomic batches, as last
@@ -203,7 +211,8 @@ func New(js jetstream.JetStream, opts Options) (*Publisher, error) {
 
 // Stats returns what the Publisher sent so far.
 func (p *Publisher) Stats() Stats {
-	return Stats{Batches: p.batches.Load(), Batched: p.batched.Load(), Singles: p.singles.Load(), Splits: p.splits.Load()}
+	return Stats{Batches: p.batches.Load(), Batched: p.batched.Load(), Singles: p.singles.Load(), Splits: p.splits.Load(),
+		Republished: p.republished.Load()}
 }
 
 // PublishMsg publishes msg and waits for its PubAck, sharing one atomic batch
@@ -443,13 +452,7 @@ func (p *Publisher) publishBatch(ctx context.Context, msgs []*nats.Msg) (ack *je
 // reconnected waits for the connection (at most until ctx ends) and then
 // publishes alone each message of batch whose caller still waits.
 func (p *Publisher) reconnected(ctx context.Context, batch []*call) {
-	nc := p.js.Conn()
-	for !nc.IsConnected() && ctx.Err() == nil {
-		select {
-		case <-ctx.Done():
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+	_ = p.waitConnected(ctx)
 	waiting := batch[:0:0]
 	for _, c := range batch {
 		if c.ctx.Err() != nil {
@@ -458,6 +461,7 @@ func (p *Publisher) reconnected(ctx context.Context, batch []*call) {
 		}
 		waiting = append(waiting, c)
 	}
+	p.republished.Add(uint64(len(waiting)))
 	p.alone(waiting)
 }
 
@@ -488,7 +492,7 @@ func (p *Publisher) alone(batch []*call) {
 		if c.fut == nil {
 			continue
 		}
-		ack, err := p.await(c.ctx, c.fut)
+		ack, err := p.await(c.ctx, c.fut, c.msg, c.opts)
 		if err != nil {
 			failed = true
 		}
@@ -555,23 +559,54 @@ func (p *Publisher) single(ctx context.Context, msg *nats.Msg, opts []jetstream.
 	if err != nil {
 		return nil, err
 	}
-	return p.await(ctx, f)
+	return p.await(ctx, f, msg, opts)
 }
 
 // await waits for f's PubAck or error, or for ctx to end. A PubAck that comes
 // after ctx ended is dropped by the client, as is one that never comes once
-// Options.Timeout has passed or the connection has dropped.
-func (p *Publisher) await(ctx context.Context, f jetstream.PubAckFuture) (*jetstream.PubAck, error) {
-	select {
-	case ack := <-f.Ok():
-		p.singles.Add(1)
-		p.observe(1)
-		return ack, nil
-	case err := <-f.Err():
-		return nil, err
-	case <-ctx.Done():
-		return nil, ctx.Err()
+// Options.Timeout has passed.
+//
+// A connection that drops with the publish in flight leaves it unknown
+// whether the server stored msg (its PubAck may be what was lost). A message
+// with a Nats-Msg-Id is then published again once the connection is back, while
+// ctx lasts: it is stored now, or answered as the duplicate of the copy stored
+// before the drop. So the caller's error means "not stored" unless ctx ended
+// while the connection was still away.
+func (p *Publisher) await(ctx context.Context, f jetstream.PubAckFuture, msg *nats.Msg, opts []jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	for {
+		select {
+		case ack := <-f.Ok():
+			p.singles.Add(1)
+			p.observe(1)
+			return ack, nil
+		case err := <-f.Err():
+			if !errors.Is(err, nats.ErrDisconnected) || msg.Header.Get(jetstream.MsgIDHeader) == "" {
+				return nil, err
+			}
+			if err := p.waitConnected(ctx); err != nil {
+				return nil, err
+			}
+			if f, err = p.pipe.PublishMsgAsync(msg, opts...); err != nil {
+				return nil, err
+			}
+			p.republished.Add(1)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
+}
+
+// waitConnected returns once the connection is up, or ctx's error.
+func (p *Publisher) waitConnected(ctx context.Context) error {
+	nc := p.js.Conn()
+	for !nc.IsConnected() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return ctx.Err()
 }
 
 func (p *Publisher) observe(n int) {
