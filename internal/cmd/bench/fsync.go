@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -41,6 +42,42 @@ func fsyncLatency(dir string, d time.Duration) (fsyncStats, error) {
 	return fsyncStats{n: len(lat), p50: at(0.50), p99: at(0.99)}, nil
 }
 
+// fsyncSampler measures the disk's fsync latency while something else works:
+// one 128-byte append + fsync in dir every interval until ctx ends. It
+// returns nothing (n 0) when it could not write.
+func fsyncSampler(ctx context.Context, dir string, interval time.Duration) fsyncStats {
+	f, err := os.CreateTemp(dir, "fsync-")
+	if err != nil {
+		return fsyncStats{}
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	buf := make([]byte, 128)
+	var lat []time.Duration
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			if len(lat) == 0 {
+				return fsyncStats{}
+			}
+			slices.Sort(lat)
+			at := func(q float64) time.Duration { return lat[min(len(lat)-1, int(q*float64(len(lat))))] }
+			return fsyncStats{n: len(lat), p50: at(0.50), p99: at(0.99)}
+		case <-t.C:
+		}
+		start := time.Now()
+		if _, err := f.Write(buf); err != nil {
+			return fsyncStats{}
+		}
+		if err := f.Sync(); err != nil {
+			return fsyncStats{}
+		}
+		lat = append(lat, time.Since(start))
+	}
+}
+
 // printGroupCommit compares the p99 of serve syncing every write, paced at
 // rate, with the disk's own fsync p99 measured just before: with group commit
 // a webhook waits for at most the batch in flight and its own, two fsyncs.
@@ -66,6 +103,14 @@ func printGroupCommit(w io.Writer, targets []*target, all []*measurement, rate f
 			// the part of a request that syncing every write adds.
 			fmt.Fprintf(w, "  %s, wait for the durable write (%s, %d waits: 202s and enrichment acks): p50 %s, p99 %s = %.2f x disk fsync p99 (target <= 2)\n",
 				name, syncWaitMetric, h.total, ms(h.quantile(0.5)), ms(h.quantile(0.99)), float64(h.quantile(0.99))/float64(disk.p99))
+			if u := m.diskUnderLoad; u.n > 0 {
+				fmt.Fprintf(w, "    the disk's fsync while serve worked (one writer beside it, every 10 ms, %d rounds): p50 %s, p99 %s; wait p99 / that = %.2f\n",
+					u.n, ms(u.p50), ms(u.p99), float64(h.quantile(0.99))/float64(u.p99))
+			}
+			if s := m.syncs; s.total > 0 {
+				fmt.Fprintf(w, "    wait p99 / serve's own sync p99 = %.2f (a write waits for at most the sync running and its own)\n",
+					float64(h.quantile(0.99))/float64(s.quantile(0.99)))
+			}
 			printSyncs(w, m)
 		}
 	}

@@ -64,6 +64,7 @@ type measurement struct {
 	outcomes         int           // serve: outcomes the enricher published during res
 	fsyncs           float64       // the disk's fsyncs per second just before, if measured
 	syncWait, syncs  histogram     // serve with group sync: the waits for a sync, and the syncs, during res
+	diskUnderLoad    fsyncStats    // serve at sync=always, paced: the disk's fsync latency sampled during res
 	exitErr          error
 }
 
@@ -163,7 +164,22 @@ func measure(ctx context.Context, env benchEnv, t *target, opts loadgen.Options,
 	}
 	wait0, _ := scrapeHistogram(ctx, p.addr, syncWaitMetric) // none but serve at sync=always has it
 	syncs0, _ := scrapeHistogram(ctx, p.addr, syncMetric)
-	if m.res, err = loadgen.Run(ctx, opts); err != nil {
+	// serve syncing every write, paced: the disk's fsync latency while the
+	// target works, sampled beside it (one small append + fsync every 10 ms).
+	var sampled chan fsyncStats
+	stopSampling := func() {}
+	if t.sync == "always" && opts.Rate > 0 {
+		sctx, cancel := context.WithCancel(ctx)
+		sampled = make(chan fsyncStats, 1)
+		go func() { sampled <- fsyncSampler(sctx, env.tmp, 10*time.Millisecond) }()
+		stopSampling = cancel
+	}
+	m.res, err = loadgen.Run(ctx, opts)
+	stopSampling()
+	if sampled != nil {
+		m.diskUnderLoad = <-sampled
+	}
+	if err != nil {
 		return nil, err
 	}
 	if wait1, err := scrapeHistogram(ctx, p.addr, syncWaitMetric); err == nil {
