@@ -17,65 +17,84 @@ type fsyncStats struct {
 	p50, p99 time.Duration
 }
 
-// fsyncLatency measures fsyncStats in dir during d.
-func fsyncLatency(dir string, d time.Duration) (fsyncStats, error) {
+// fsyncRounds appends 128 bytes to a file of its own in dir and fsyncs it,
+// round after round until ctx ends: back to back with every 0, else one round
+// per every. It returns each round's latency and how long it ran.
+func fsyncRounds(ctx context.Context, dir string, every time.Duration) ([]time.Duration, time.Duration, error) {
 	f, err := os.CreateTemp(dir, "fsync-")
 	if err != nil {
-		return fsyncStats{}, err
+		return nil, 0, err
 	}
 	defer os.Remove(f.Name())
 	defer f.Close()
+	var tick <-chan time.Time
+	if every > 0 {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		tick = t.C
+	}
 	buf := make([]byte, 128)
 	var lat []time.Duration
-	for start := time.Now(); time.Since(start) < d; {
-		t := time.Now()
-		if _, err := f.Write(buf); err != nil {
-			return fsyncStats{}, err
-		}
-		if err := f.Sync(); err != nil {
-			return fsyncStats{}, err
-		}
-		lat = append(lat, time.Since(t))
-	}
-	slices.Sort(lat)
-	at := func(q float64) time.Duration { return lat[min(len(lat)-1, int(q*float64(len(lat))))] }
-	return fsyncStats{n: len(lat), p50: at(0.50), p99: at(0.99)}, nil
-}
-
-// fsyncSampler measures the disk's fsync latency while something else works:
-// one 128-byte append + fsync in dir every interval until ctx ends. It
-// returns nothing (n 0) when it could not write.
-func fsyncSampler(ctx context.Context, dir string, interval time.Duration) fsyncStats {
-	f, err := os.CreateTemp(dir, "fsync-")
-	if err != nil {
-		return fsyncStats{}
-	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	buf := make([]byte, 128)
-	var lat []time.Duration
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			if len(lat) == 0 {
-				return fsyncStats{}
+	begin := time.Now()
+	for ctx.Err() == nil {
+		if tick != nil {
+			select {
+			case <-ctx.Done():
+				continue
+			case <-tick:
 			}
-			slices.Sort(lat)
-			at := func(q float64) time.Duration { return lat[min(len(lat)-1, int(q*float64(len(lat))))] }
-			return fsyncStats{n: len(lat), p50: at(0.50), p99: at(0.99)}
-		case <-t.C:
 		}
 		start := time.Now()
 		if _, err := f.Write(buf); err != nil {
-			return fsyncStats{}
+			return nil, 0, err
 		}
 		if err := f.Sync(); err != nil {
-			return fsyncStats{}
+			return nil, 0, err
 		}
 		lat = append(lat, time.Since(start))
 	}
+	return lat, time.Since(begin), nil
+}
+
+// stats summarises fsync latencies; zero for none.
+func stats(lat []time.Duration) fsyncStats {
+	if len(lat) == 0 {
+		return fsyncStats{}
+	}
+	slices.Sort(lat)
+	at := func(q float64) time.Duration { return lat[min(len(lat)-1, int(q*float64(len(lat))))] }
+	return fsyncStats{n: len(lat), p50: at(0.50), p99: at(0.99)}
+}
+
+// fsyncLatency measures fsyncStats in dir during d, rounds back to back.
+func fsyncLatency(dir string, d time.Duration) (fsyncStats, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	lat, _, err := fsyncRounds(ctx, dir, 0)
+	return stats(lat), err
+}
+
+// fsyncRate measures how many append+fsync rounds per second one writer gets
+// in dir during d.
+func fsyncRate(dir string, d time.Duration) (float64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	lat, took, err := fsyncRounds(ctx, dir, 0)
+	if err != nil {
+		return 0, err
+	}
+	return float64(len(lat)) / took.Seconds(), nil
+}
+
+// fsyncSampler measures the disk's fsync latency while something else works:
+// one round every interval until ctx ends. It returns nothing (n 0) when it
+// could not write.
+func fsyncSampler(ctx context.Context, dir string, interval time.Duration) fsyncStats {
+	lat, _, err := fsyncRounds(ctx, dir, interval)
+	if err != nil {
+		return fsyncStats{}
+	}
+	return stats(lat)
 }
 
 // printGroupCommit compares the p99 of serve syncing every write, paced at

@@ -435,30 +435,6 @@ func printSpool(w io.Writer, targets []*target, all []*measurement, rate float64
 	compare("NATS down (from the spool alone) vs serve NATS_EMBEDDED_SYNC=always", down, always)
 }
 
-// fsyncRate measures how many append+fsync rounds per second one writer gets
-// in dir during d.
-func fsyncRate(dir string, d time.Duration) (float64, error) {
-	f, err := os.CreateTemp(dir, "fsync-")
-	if err != nil {
-		return 0, err
-	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	buf := make([]byte, 128)
-	n := 0
-	start := time.Now()
-	for time.Since(start) < d {
-		if _, err := f.Write(buf); err != nil {
-			return 0, err
-		}
-		if err := f.Sync(); err != nil {
-			return 0, err
-		}
-		n++
-	}
-	return float64(n) / time.Since(start).Seconds(), nil
-}
-
 func ms(d time.Duration) string { return fmt.Sprintf("%.2fms", msf(d)) }
 func msf(d time.Duration) float64 {
 	return float64(d) / float64(time.Millisecond)
