@@ -97,14 +97,9 @@ func TestServeGroupSync(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		count := func(name string) uint64 {
-			f := fams[name]
-			if f == nil || len(f.GetMetric()) != 1 {
-				return 0
-			}
-			return f.GetMetric()[0].GetHistogram().GetSampleCount()
-		}
-		waits, syncs = count("verifeye_bridge_store_sync_wait_seconds"), count("verifeye_bridge_store_sync_seconds")
+		w, _ := lookup(fams, "verifeye_bridge_store_sync_wait_seconds_count", "")
+		s, _ := lookup(fams, "verifeye_bridge_store_sync_seconds_count", "")
+		waits, syncs = uint64(w), uint64(s)
 		// One wait per 202 and one per enriched webhook's ack.
 		if waits < 2*n {
 			return fmt.Errorf("%d sync waits, want at least %d (a 202 and an ack for each of %d webhooks)", waits, 2*n, n)
