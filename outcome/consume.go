@@ -229,7 +229,7 @@ func Consume(ctx context.Context, js jetstream.JetStream, durable string, h Hand
 	if ackWait <= 0 {
 		ackWait = 30 * time.Second
 	}
-	r := &runner{h: h, o: &o, progress: ackWait / 3, handlerCtx: context.WithoutCancel(ctx)}
+	r := &runner{h: h, o: &o, progress: newProgress(o.concurrency), handlerCtx: context.WithoutCancel(ctx)}
 
 	// idle counts the workers with nothing to do. The fetcher asks the server
 	// for exactly that many messages and subtracts them, so this process never
@@ -253,22 +253,26 @@ func Consume(ctx context.Context, js jetstream.JetStream, durable string, h Hand
 		}
 	}
 	// work never blocks a sender: a message is fetched only for an idle
-	// worker. A fixed pool of workers, each with its own progress timer.
-	work := make(chan jetstream.Msg, o.concurrency)
+	// worker. A fixed pool of workers, each with its own progress slot.
+	work := make(chan delivery, o.concurrency)
 	var workers, wg sync.WaitGroup
-	for range o.concurrency {
+	for i := range o.concurrency {
 		workers.Go(func() {
-			p := r.newProgress()
-			for msg := range work {
-				r.handle(msg, p)
+			s := &r.progress.slots[i]
+			for d := range work {
+				r.handle(d, s)
 				release(1)
 			}
 		})
 	}
+	// Progress goes on while handlers run after ctx ended.
+	progressCtx, stopProgress := context.WithCancel(context.WithoutCancel(ctx))
+	go r.progress.run(progressCtx, ackWait/6)
 	defer func() {
 		wg.Wait() // every request has ended: nothing more is sent on work
 		close(work)
 		workers.Wait()
+		stopProgress()
 	}()
 	// failed is set when a request ended with an error and no message: the
 	// connection is away, or someone deleted the consumer.
@@ -316,7 +320,14 @@ func Consume(ctx context.Context, js jetstream.JetStream, durable string, h Hand
 					release(1)
 					continue
 				}
-				work <- msg
+				ev, err := Decode(msg.Data())
+				if err != nil {
+					_ = msg.Term()
+					r.report(msg, &DeliveryError{Terminated: true, Err: err})
+					release(1)
+					continue
+				}
+				work <- delivery{msg, ev}
 			}
 			if got == 0 && batch.Error() != nil && ctx.Err() == nil {
 				failed.Store(true)
@@ -340,71 +351,87 @@ func fetch(ctx context.Context, cons jetstream.Consumer, n int) (jetstream.Messa
 	return batch, cancel, nil
 }
 
+type delivery struct {
+	msg jetstream.Msg
+	ev  *Event
+}
+
 type runner struct {
 	h          Handler
 	o          *options
-	progress   time.Duration
+	progress   *progress
 	handlerCtx context.Context
 }
 
-// progress tells the server that a message is still being handled, every
-// third of the ack wait. One per worker, reused for each message.
+// progress tells the server that the workers' messages are still being
+// handled. One goroutine ticks every sixth of the ack wait and sends
+// InProgress for each message that was already running at the tick before,
+// so a message hears from its worker within a third of the ack wait, then
+// every sixth; a quick handler costs no timer.
 type progress struct {
+	tick  atomic.Uint64
+	slots []slot
+}
+
+// slot is one worker's message, nil while the worker is idle.
+type slot struct {
 	mu    sync.Mutex
-	msg   jetstream.Msg // nil while idle
-	t     *time.Timer
-	every time.Duration
+	msg   jetstream.Msg
+	since uint64 // the tick at which msg started
 }
 
-func (r *runner) newProgress() *progress {
-	p := &progress{every: r.progress}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.t = time.AfterFunc(time.Hour, p.fire)
-	p.t.Stop()
-	return p
+func newProgress(workers int) *progress {
+	return &progress{slots: make([]slot, workers)}
 }
 
-func (p *progress) fire() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.msg != nil {
-		_ = p.msg.InProgress()
-		p.t.Reset(p.every)
+// run ticks until ctx ends.
+func (p *progress) run(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return
+		}
+		now := p.tick.Add(1)
+		for i := range p.slots {
+			s := &p.slots[i]
+			s.mu.Lock()
+			if s.msg != nil && s.since < now-1 {
+				_ = s.msg.InProgress()
+			}
+			s.mu.Unlock()
+		}
 	}
 }
 
-func (p *progress) start(msg jetstream.Msg) {
-	p.mu.Lock()
-	p.msg = msg
-	p.t.Reset(p.every)
-	p.mu.Unlock()
+func (s *slot) start(p *progress, msg jetstream.Msg) {
+	s.mu.Lock()
+	s.msg, s.since = msg, p.tick.Load()
+	s.mu.Unlock()
 }
 
-func (p *progress) done() {
-	p.mu.Lock()
-	p.msg = nil
-	p.t.Stop()
-	p.mu.Unlock()
+// done returns once no InProgress for the message can follow.
+func (s *slot) done() {
+	s.mu.Lock()
+	s.msg = nil
+	s.mu.Unlock()
 }
 
 // handle runs the handler for one message and settles the message.
-func (r *runner) handle(msg jetstream.Msg, p *progress) {
-	ev, err := Decode(msg.Data())
-	if err != nil {
-		_ = msg.Term()
-		r.report(msg, &DeliveryError{Terminated: true, Err: err})
-		return
-	}
+func (r *runner) handle(d delivery, s *slot) {
+	msg, ev := d.msg, d.ev
+	var err error
 	ctx := r.handlerCtx
 	if h := msg.Headers(); h != nil {
 		if tp := h.Get(HeaderTraceparent); tp != "" {
 			ctx = context.WithValue(ctx, traceKey{}, trace{parent: tp, state: h.Get(HeaderTracestate)})
 		}
 	}
-	p.start(msg)
+	s.start(r.progress, msg)
 	err = r.call(ctx, ev)
-	p.done()
+	s.done()
 	if err == nil {
 		_ = msg.Ack()
 		return

@@ -380,8 +380,9 @@ func TestConsumeKeepsSlowHandlerAlive(t *testing.T) {
 	js := setup(t)
 	id := publishN(t, js, 0, 1)[0]
 	var c counter
-	// Progress goes every third of the ack wait, so a loaded machine may
-	// delay a timer by more than a second without causing a redelivery.
+	// A message hears from its worker within a third of the ack wait, so a
+	// loaded machine may delay a tick by more than a second without causing
+	// a redelivery.
 	stop := consumer(t, js, "slow", func(ctx context.Context, ev *outcome.Event) error {
 		c.add(ev.SessionID)
 		select { // slow work: two and a half times the ack wait
