@@ -17,12 +17,20 @@ import (
 )
 
 // BenchmarkConsume measures outcomes per second through Consume with a no-op
-// handler, against a hand-written jetstream Consume loop that decodes the
-// event and acks each message, both on the same stream in the same run. It
-// reports both rates and their ratio (target ≥ 0.9). Each rate is from the
-// first message handled to the last, so neither side's consumer creation
-// counts. At concurrency=500 Consume holds as many messages as the
-// hand-written loop's default buffer (PullMaxMessages 500).
+// handler, against hand-written jetstream Consume loops that decode the event
+// and ack each message, all on the same stream in the same run (target ≥ 0.9):
+//
+//   - ratio: a sequential loop with the library's default buffer
+//     (PullMaxMessages 500); at concurrency=500 Consume holds as many;
+//   - ratio-same-bound: a sequential loop holding at most concurrency
+//     messages (PullMaxMessages(concurrency));
+//   - ratio-concurrent: the loop a service writes to run concurrency handlers
+//     at once: PullMaxMessages(concurrency), a goroutine per message under a
+//     semaphore. It may hold up to twice as many messages as Consume.
+//
+// With a no-op handler a sequential loop pays no hand-off between goroutines;
+// the concurrent loop does the same work as Consume. Each rate is from the
+// first message handled to the last, so no side's consumer creation counts.
 func BenchmarkConsume(b *testing.B) {
 	const n = 10_000
 	for _, conc := range []int{64, 500} {
@@ -50,15 +58,16 @@ func BenchmarkConsume(b *testing.B) {
 			// The machine may be shared: pairs alternate which side runs
 			// first, and the medians are reported, so a burst of someone
 			// else's load skews one pair, not the figure.
-			var libRates, handRates, ratios, boundRatios []float64
+			var libRates, handRates, ratios, boundRatios, concRatios []float64
 			round := 0
 			for b.Loop() {
 				for range 3 {
 					round++
-					var l, h, hb float64
+					var l, h, hb, hc float64
 					hand := func() {
 						h = handWritten(b, natstest.JetStreamAt(b, ns.URL()), fmt.Sprintf("hand%d", round), n, 0)
 						hb = handWritten(b, natstest.JetStreamAt(b, ns.URL()), fmt.Sprintf("bound%d", round), n, conc)
+						hc = handConcurrent(b, natstest.JetStreamAt(b, ns.URL()), fmt.Sprintf("conc%d", round), n, conc)
 					}
 					lib := func() {
 						l = viaConsume(b, natstest.JetStreamAt(b, ns.URL()), fmt.Sprintf("lib%d", round), n, conc)
@@ -71,7 +80,7 @@ func BenchmarkConsume(b *testing.B) {
 						hand()
 					}
 					libRates, handRates, ratios = append(libRates, l), append(handRates, h), append(ratios, l/h)
-					boundRatios = append(boundRatios, l/hb)
+					boundRatios, concRatios = append(boundRatios, l/hb), append(concRatios, l/hc)
 				}
 			}
 			b.ReportMetric(median(libRates), "outcomes/s")
@@ -80,6 +89,7 @@ func BenchmarkConsume(b *testing.B) {
 			// Against a hand-written loop that also holds at most conc
 			// messages (PullMaxMessages(conc)): the library's own cost.
 			b.ReportMetric(median(boundRatios), "ratio-same-bound")
+			b.ReportMetric(median(concRatios), "ratio-concurrent")
 		})
 	}
 }
@@ -115,10 +125,84 @@ func viaConsume(b testing.TB, js jetstream.JetStream, durable string, n, conc in
 	return float64(n-1) / elapsed.Seconds()
 }
 
+// handEvent is the attributes a handler works with, as a service decodes them.
+type handEvent struct {
+	ID      string          `json:"id"`
+	Type    string          `json:"type"`
+	Source  string          `json:"source"`
+	Subject string          `json:"subject"`
+	Time    time.Time       `json:"time"`
+	Outcome string          `json:"verifeyeoutcome"`
+	Data    json.RawMessage `json:"data"`
+}
+
+// handle decodes and acks m as a hand-written service does, and reports
+// whether it was acked.
+func (ev *handEvent) handle(m jetstream.Msg) bool {
+	if err := json.Unmarshal(m.Data(), ev); err != nil {
+		_ = m.Term()
+		return false
+	}
+	_ = m.Ack()
+	return true
+}
+
 // handWritten is what a service writes by hand: the library's Consume with
-// explicit acks, decoding each event; maxMessages > 0 sets PullMaxMessages
-// (else the library's default, 500).
+// explicit acks, decoding each event in the callback; maxMessages > 0 sets
+// PullMaxMessages (else the library's default, 500).
 func handWritten(b testing.TB, js jetstream.JetStream, durable string, n, maxMessages int) float64 {
+	var got int
+	var start time.Time
+	var opts []jetstream.PullConsumeOpt
+	if maxMessages > 0 {
+		opts = append(opts, jetstream.PullMaxMessages(maxMessages))
+	}
+	return handLoop(b, js, durable, n, func(finished chan<- time.Duration) jetstream.MessageHandler {
+		return func(m jetstream.Msg) {
+			var ev handEvent
+			if !ev.handle(m) {
+				return
+			}
+			switch got++; got {
+			case 1:
+				start = time.Now()
+			case n:
+				finished <- time.Since(start)
+			}
+		}
+	}, opts...)
+}
+
+// handConcurrent is what a service writes by hand to run conc handlers at
+// once: each message in its own goroutine under a semaphore of conc, and
+// PullMaxMessages(conc).
+func handConcurrent(b testing.TB, js jetstream.JetStream, durable string, n, conc int) float64 {
+	var got, start atomic.Int64
+	sem := make(chan struct{}, conc)
+	return handLoop(b, js, durable, n, func(finished chan<- time.Duration) jetstream.MessageHandler {
+		return func(m jetstream.Msg) {
+			sem <- struct{}{}
+			go func() {
+				defer func() { <-sem }()
+				var ev handEvent
+				if !ev.handle(m) {
+					return
+				}
+				switch got.Add(1) {
+				case 1:
+					start.Store(time.Now().UnixNano())
+				case int64(n):
+					finished <- time.Duration(time.Now().UnixNano() - start.Load())
+				}
+			}()
+		}
+	}, jetstream.PullMaxMessages(conc))
+}
+
+// handLoop runs a jetstream Consume loop on a new durable with the handler
+// from handler, and returns the rate it reports: n-1 messages over the
+// duration sent on finished.
+func handLoop(b testing.TB, js jetstream.JetStream, durable string, n int, handler func(finished chan<- time.Duration) jetstream.MessageHandler, opts ...jetstream.PullConsumeOpt) float64 {
 	ctx := context.Background()
 	cons, err := js.CreateOrUpdateConsumer(ctx, outcome.StreamResults, jetstream.ConsumerConfig{
 		Durable: durable, FilterSubjects: []string{outcome.ResultsAll(outcome.DefaultPrefix)}, AckPolicy: jetstream.AckExplicitPolicy,
@@ -127,35 +211,7 @@ func handWritten(b testing.TB, js jetstream.JetStream, durable string, n, maxMes
 		b.Fatal(err)
 	}
 	finished := make(chan time.Duration, 1)
-	var got int
-	var start time.Time
-	var opts []jetstream.PullConsumeOpt
-	if maxMessages > 0 {
-		opts = append(opts, jetstream.PullMaxMessages(maxMessages))
-	}
-	cc, err := cons.Consume(func(m jetstream.Msg) {
-		// The attributes a handler works with, as a service would decode them.
-		var ev struct {
-			ID      string          `json:"id"`
-			Type    string          `json:"type"`
-			Source  string          `json:"source"`
-			Subject string          `json:"subject"`
-			Time    time.Time       `json:"time"`
-			Outcome string          `json:"verifeyeoutcome"`
-			Data    json.RawMessage `json:"data"`
-		}
-		if err := json.Unmarshal(m.Data(), &ev); err != nil {
-			_ = m.Term()
-			return
-		}
-		_ = m.Ack()
-		switch got++; got {
-		case 1:
-			start = time.Now()
-		case n:
-			finished <- time.Since(start)
-		}
-	}, opts...)
+	cc, err := cons.Consume(handler(finished), opts...)
 	if err != nil {
 		b.Fatal(err)
 	}
