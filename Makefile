@@ -54,9 +54,13 @@ bench-profile:
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./...
 
+# Each fuzz target for FUZZTIME: the webhook parser, its fast path against it,
+# and outcome.Decode's fast path against encoding/json's.
 FUZZTIME ?= 30s
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzParseWebhook -fuzztime $(FUZZTIME) ./internal/streams/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseWebhook$$' -fuzztime $(FUZZTIME) ./internal/streams/
+	$(GO) test -run '^$$' -fuzz '^FuzzFlatWebhook$$' -fuzztime $(FUZZTIME) ./internal/streams/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeExact$$' -fuzztime $(FUZZTIME) ./outcome/
 
 # staticcheck at a pinned version, fetched through the module proxy on first use;
 # staticcheck.conf enables every check.
