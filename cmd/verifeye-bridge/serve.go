@@ -424,7 +424,15 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 		}
 		sapi := sessionapi.New(js, sessionapi.Options{Token: cfg.internal.APIToken.value(), Prefix: subjects.Prefix(),
 			Log: log.With().Str("component", "api").Logger(), Sync: conn.sync()})
-		g.Go(func() error { return sapi.Run(gctx) })
+		g.Go(func() error {
+			// The ledger watch, too, once the ledger exists.
+			select {
+			case <-streamsReady:
+			case <-gctx.Done():
+				return nil
+			}
+			return sapi.Run(gctx)
+		})
 		apiSrv = newHTTPServer(sapi, log)
 		apiSrv.WriteTimeout = sessionapi.MaxWait + 10*time.Second // long polls
 		apiLn = netutil.LimitListener(apiLn, cfg.common.HTTPMaxConns)

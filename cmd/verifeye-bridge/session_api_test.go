@@ -27,6 +27,12 @@ const apiTestToken = "api-token-0123456789abcdef"
 // a stop that returns once serve has.
 func sessionServe(t *testing.T, dataDir string, api *verifeyetest.Server) (base, apiBase string, stop func()) {
 	t.Helper()
+	return sessionServeLog(t, dataDir, api, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel))
+}
+
+// sessionServeLog is sessionServe logging to log.
+func sessionServeLog(t *testing.T, dataDir string, api *verifeyetest.Server, log zerolog.Logger) (base, apiBase string, stop func()) {
+	t.Helper()
 	for k, v := range map[string]string{
 		"NATS_URL":            "",
 		"NATS_EMBEDDED_ADDR":  "-",
@@ -63,7 +69,7 @@ func sessionServe(t *testing.T, dataDir string, api *verifeyetest.Server) (base,
 	done := make(chan error, 1)
 	deps := serviceDeps{client: client, onAPIReady: func(a string) { apiAddr <- a }}
 	go func() {
-		done <- serve(ctx, cfg, deps, ln, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel))
+		done <- serve(ctx, cfg, deps, ln, log)
 	}()
 	stopped := false
 	stop = func() {
@@ -113,6 +119,35 @@ func apiDo(t *testing.T, method, url, token, body string) (int, map[string]any) 
 		t.Errorf("%s %s: body %q is not JSON", method, url, b)
 	}
 	return resp.StatusCode, m
+}
+
+// TestFreshStartWarnsOfNothing: serve's first start on an empty DATA_DIR
+// logs no warning or error (the internal API's ledger watch waits for the
+// ledger to exist), and the watch then wakes a ?wait= with the outcome.
+func TestFreshStartWarnsOfNothing(t *testing.T) {
+	api := verifeyetest.Start(enrichTestKey)
+	t.Cleanup(api.Close)
+	var logs ingestLog
+	base, apiBase, stop := sessionServeLog(t, t.TempDir(), api, zerolog.New(&logs).Level(zerolog.WarnLevel))
+	id := "5e551011-0000-4000-8000-00000000b001"
+	waited := make(chan int, 1)
+	go func() {
+		code, _ := apiDo(t, "GET", apiBase+"/v1/sessions/"+id+"?wait=30s", apiTestToken, "")
+		waited <- code
+	}()
+	enrichPost(t, base, "default", id, false)
+	select {
+	case code := <-waited:
+		if code != 200 {
+			t.Errorf("wait: %d, want 200", code)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("wait did not return")
+	}
+	stop()
+	if out := logs.String(); out != "" {
+		t.Errorf("a fresh start logged warnings or errors:\n%s", out)
+	}
 }
 
 // TestServeSessionAPI: the internal API on its own listener, behind its
