@@ -59,6 +59,13 @@ type Options struct {
 	// refused to store a webhook; Ready calls it while storage is refusing. Nil
 	// leaves only a stored webhook to end the refusal.
 	Probe func(ctx context.Context) error
+	// ProbeSeesFailedWrites says Probe also reports a server whose write
+	// failed for want of disk space until it stores again (the embedded
+	// server, which the bridge restarts once there is room). Without it, such
+	// a refusal (publishes never answered, no room) ends only when a webhook
+	// is stored again: nats-server keeps that stream failed until it restarts,
+	// so room alone proves nothing.
+	ProbeSeesFailedWrites bool
 }
 
 // Handler is the ingest: POST /webhooks/verifeye[/{source}]. Every other

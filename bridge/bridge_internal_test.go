@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 )
 
 // TestAsAPIErrorTotal: every error has an answer; one that is not an
@@ -55,6 +56,30 @@ func TestStorageRefusal(t *testing.T) {
 	} {
 		if got := storageRefusal(tc.err); got != tc.want {
 			t.Errorf("storageRefusal(%v) = %q, want %q", tc.err, got, tc.want)
+		}
+	}
+}
+
+// TestNoRoomRefusalEndsByProbe: a refusal in which the server never answered
+// and storage had no room ends by the probe only when the probe also sees a
+// failed write (ProbeSeesFailedWrites): room alone does not mend a
+// nats-server stream whose write failed. Other refusals end by the probe.
+func TestNoRoomRefusalEndsByProbe(t *testing.T) {
+	room := func(context.Context) error { return nil }
+	for _, tc := range []struct {
+		why       string
+		sees      bool
+		wantReady bool
+	}{
+		{refusedNoRoom, false, false},
+		{refusedNoRoom, true, true},
+		{refusedStreamFull, false, true},
+	} {
+		h := New(nil, zerolog.Nop(), Options{Probe: room, ProbeSeesFailedWrites: tc.sees})
+		h.h.setRefusing(tc.why)
+		err := h.Ready(context.Background())
+		if (err == nil) != tc.wantReady {
+			t.Errorf("refusal %q, ProbeSeesFailedWrites %v, probe finds room: Ready = %v; want ready %v", tc.why, tc.sees, err, tc.wantReady)
 		}
 	}
 }

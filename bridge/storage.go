@@ -90,7 +90,7 @@ func (h *handler) storageReady(ctx context.Context) error {
 	if why == nil {
 		return nil
 	}
-	if *why == refusedNoRoom {
+	if *why == refusedNoRoom && !h.opts.ProbeSeesFailedWrites {
 		// A write the server never answered, with the disk full: nats-server
 		// keeps that stream failed until it restarts, so room alone does not
 		// end this; a webhook stored again (after a restart) does.

@@ -592,7 +592,7 @@ func TestEmbeddedSyncsEveryWrite(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: connect: %v", tc.name, err)
 		}
-		jsc := conn.ns.JetStreamConfig()
+		jsc := conn.ns().JetStreamConfig()
 		grouped := conn.sync() != nil
 		if grouped {
 			// The roles' sync works on this store.

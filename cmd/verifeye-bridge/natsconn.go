@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -153,11 +154,24 @@ func checkKeyPair(certFile, keyFile string) error {
 // connection is a NATS connection and, in embedded mode, the server behind it.
 type connection struct {
 	nc *nats.Conn
-	ns *server.Server
+	// emb is the embedded server, nil with NATS_URL.
+	emb *natsembed.Restartable
+	// noSpace is set when the embedded server failed a write for want of
+	// disk space: it then refuses the failed stream's writes until restarted
+	// (recoverStore).
+	noSpace atomic.Bool
 	// syncer, with the embedded server at NATS_EMBEDDED_SYNC=always, makes
 	// the server's writes durable: nothing is acknowledged (a webhook's 202,
 	// an enriched webhook's ack) before a Sync. Nil otherwise.
 	syncer *natsembed.Syncer
+}
+
+// ns returns the embedded server running now, nil with NATS_URL.
+func (c *connection) ns() *server.Server {
+	if c.emb == nil {
+		return nil
+	}
+	return c.emb.Server()
 }
 
 // sync is what the roles call before they answer for a write: the syncer's
@@ -204,7 +218,8 @@ func startEmbedded(cfg embeddedConfig, name string, log zerolog.Logger) (*connec
 	// Syncing every write: the server writes, the roles sync once for all
 	// the writes made meanwhile (group commit), where the system allows.
 	groupSync := interval == 0 && cfg.EmbeddedGroupSync != "off" && natsembed.GroupSyncSupported
-	ns, err := natsembed.Start(natsembed.Options{
+	c := &connection{}
+	emb, err := natsembed.StartRestartable(natsembed.Options{
 		StoreDir:     cfg.DataDir,
 		Addr:         cfg.EmbeddedAddr,
 		SyncInterval: interval,
@@ -215,20 +230,22 @@ func startEmbedded(cfg embeddedConfig, name string, log zerolog.Logger) (*connec
 		// DATA_DIR (generated now or at the first start): no need for a slow hash.
 		GeneratedPassword: cfg.EmbeddedUser == "",
 		Log:               log.Level(zerolog.WarnLevel),
+		OnNoSpace:         func() { c.noSpace.Store(true) },
 	})
 	if err != nil {
 		return nil, err
 	}
+	ns := emb.Server()
 	var syncer *natsembed.Syncer
 	if groupSync {
 		if syncer, err = natsembed.NewSyncer(cfg.DataDir); err != nil {
-			natsembed.Shutdown(ns)
+			emb.Shutdown()
 			return nil, err
 		}
 	}
 	urlFile, err := writeNATSURL(cfg.DataDir, ns, user, password)
 	if err != nil {
-		natsembed.Shutdown(ns)
+		emb.Shutdown()
 		closeSyncer(syncer)
 		return nil, usageError{fmt.Errorf("DATA_DIR: %w", err)}
 	}
@@ -242,13 +259,14 @@ func startEmbedded(cfg embeddedConfig, name string, log zerolog.Logger) (*connec
 		ev = ev.Str("nats_url_file", urlFile)
 	}
 	ev.Msg("embedded NATS server started")
-	nc, err := nats.Connect("", append(clientOptions(name, log), nats.InProcessServer(ns), nats.UserInfo(user, password))...)
+	nc, err := nats.Connect("", append(clientOptions(name, log), nats.InProcessServer(emb), nats.UserInfo(user, password))...)
 	if err != nil {
-		natsembed.Shutdown(ns)
+		emb.Shutdown()
 		closeSyncer(syncer)
 		return nil, fmt.Errorf("nats: connect in-process: %w", err)
 	}
-	return &connection{nc: nc, ns: ns, syncer: syncer}, nil
+	c.nc, c.emb, c.syncer = nc, emb, syncer
+	return c, nil
 }
 
 func closeSyncer(s *natsembed.Syncer) {
@@ -271,8 +289,8 @@ func (c *connection) close(ctx context.Context) {
 			c.nc.Close()
 		}
 	}
-	if c.ns != nil {
-		natsembed.Shutdown(c.ns)
+	if c.emb != nil {
+		c.emb.Shutdown()
 	}
 	closeSyncer(c.syncer)
 }
@@ -281,19 +299,30 @@ func (c *connection) close(ctx context.Context) {
 // webhook again: its JetStream store has room under the limit it took at start,
 // and the disk under DATA_DIR has room (nats-server refuses with "insufficient
 // resources", or fails a write, when either is exhausted; neither shows in the
-// stream's or the account's limits). It returns nil with an external NATS.
+// stream's or the account's limits), and no write failed for want of space
+// since the server (re)started. It returns nil with an external NATS.
 func (c *connection) embeddedHasRoom() error {
-	if c.ns == nil {
+	ns := c.ns()
+	if ns == nil {
 		return nil
 	}
-	const need = streams.MaxWebhookBytes + streams.MaxWebhookHeaderBytes
-	info, err := c.ns.Jsz(nil)
+	if c.noSpace.Load() {
+		return fmt.Errorf("%w: the embedded server failed a write for want of disk space; it restarts once the disk under DATA_DIR has room", streams.ErrNoRoom)
+	}
+	info, err := ns.Jsz(nil)
 	if err != nil {
 		return fmt.Errorf("embedded NATS: %w", err)
 	}
 	if info.Disabled {
 		return fmt.Errorf("%w: the embedded JetStream is disabled (storage failed)", streams.ErrNoRoom)
 	}
+	return storeRoom(info)
+}
+
+// storeRoom reports whether the embedded store has room for a webhook of the
+// largest size, under its limit and on the disk, with some to spare.
+func storeRoom(info *server.JSInfo) error {
+	const need = streams.MaxWebhookBytes + streams.MaxWebhookHeaderBytes
 	if max := info.Config.MaxStore; max > 0 && int64(info.Store)+need > max {
 		return fmt.Errorf("%w: the embedded JetStream storage is full (%d of %d bytes)", streams.ErrNoRoom, info.Store, max)
 	}
@@ -301,6 +330,46 @@ func (c *connection) embeddedHasRoom() error {
 		return fmt.Errorf("%w: the disk under DATA_DIR has %d bytes free", streams.ErrNoRoom, free)
 	}
 	return nil
+}
+
+// storeRecoveryInterval is how often recoverStore looks at the disk.
+const storeRecoveryInterval = 2 * time.Second
+
+// recoverStore restarts the embedded server once the disk under DATA_DIR has
+// room again after a write failed for want of it, until ctx ends.
+// nats-server keeps refusing every write to a stream whose write failed (it
+// cannot tell a torn record from a whole one) until its store is opened
+// again; a restart opens it, checks each block and drops a torn last record.
+// Clients reconnect by themselves; a publish in flight meanwhile is answered
+// 503 or sent again (groupcommit), never lost once answered 202.
+func (c *connection) recoverStore(ctx context.Context, log zerolog.Logger) {
+	if c.emb == nil {
+		return
+	}
+	t := time.NewTicker(storeRecoveryInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !c.noSpace.Load() {
+			continue
+		}
+		info, err := c.ns().Jsz(nil)
+		if err != nil || storeRoom(info) != nil {
+			continue // not yet
+		}
+		log.Warn().Msg("the disk under DATA_DIR has room again: restarting the embedded NATS server, which refuses writes to a stream since one failed for want of space")
+		c.noSpace.Store(false)
+		if err := c.emb.Restart(); err != nil {
+			c.noSpace.Store(true) // try again at the next tick
+			log.Error().Err(err).Msg("embedded NATS server restart failed; trying again")
+			continue
+		}
+		log.Info().Msg("embedded NATS server restarted; it stores again")
+	}
 }
 
 // validInboxPrefix reports whether p can prefix a client's inboxes: one or

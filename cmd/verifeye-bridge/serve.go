@@ -316,6 +316,10 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 		newIdleReclaim(log.With().Str("component", "memory").Logger()).run(gctx)
 		return nil
 	})
+	g.Go(func() error {
+		conn.recoverStore(gctx, log.With().Str("component", "nats").Logger())
+		return nil
+	})
 	streamsReady := make(chan struct{})
 	g.Go(func() error {
 		ensureStreams(gctx, js, subjects, cfg.common.limits(), log)
@@ -464,6 +468,9 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 				}
 				return conn.embeddedHasRoom()
 			},
+			// The embedded server is restarted once the disk has room
+			// (recoverStore), and its probe says no room until then.
+			ProbeSeesFailedWrites: conn.emb != nil,
 		}
 		opts.Auth, err = webhookAuth(*cfg.ingest, *cfg.api)
 		if err != nil {

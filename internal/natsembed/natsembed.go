@@ -8,6 +8,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -55,6 +56,11 @@ type Options struct {
 	GeneratedPassword bool
 	// Log receives the server's log; a disabled logger by default.
 	Log zerolog.Logger
+	// OnNoSpace, when set, is called each time the server reports a failure
+	// for want of disk space (ENOSPC, EDQUOT). nats-server then refuses every
+	// later write to the stream that failed, even once there is room again,
+	// until its store is opened again, by a restart (see Restartable).
+	OnNoSpace func()
 }
 
 // Start starts a server and waits until it accepts connections, for at most
@@ -73,7 +79,7 @@ func Start(opts Options) (*server.Server, error) {
 	// A fatal error ends the server's start without it ever becoming ready;
 	// the embedded server must not exit the process, so Fatalf reports here.
 	fatal := make(chan string, 1)
-	ns.SetLoggerV2(logger{l: opts.Log, fatal: fatal}, false, false, false)
+	ns.SetLoggerV2(logger{l: opts.Log, fatal: fatal, noSpace: opts.OnNoSpace}, false, false, false)
 	go ns.Start()
 	for deadline := time.Now().Add(30 * time.Second); !ns.ReadyForConnections(100 * time.Millisecond); {
 		select {
@@ -163,18 +169,40 @@ func serverOptions(opts Options) (*server.Options, error) {
 }
 
 // logger adapts the server's logger to zerolog. The first fatal message also
-// goes to fatal, when set.
+// goes to fatal, when set; an error or warning that names a lack of disk
+// space calls noSpace, when set.
 type logger struct {
-	l     zerolog.Logger
-	fatal chan<- string
+	l       zerolog.Logger
+	fatal   chan<- string
+	noSpace func()
 }
 
 func (g logger) Noticef(f string, v ...any) { g.l.Info().Str("component", "nats-server").Msgf(f, v...) }
-func (g logger) Warnf(f string, v ...any)   { g.l.Warn().Str("component", "nats-server").Msgf(f, v...) }
 func (g logger) Fatalf(f string, v ...any)  { g.fatalf(f, v...) }
-func (g logger) Errorf(f string, v ...any)  { g.l.Error().Str("component", "nats-server").Msgf(f, v...) }
 func (g logger) Debugf(f string, v ...any)  { g.l.Debug().Str("component", "nats-server").Msgf(f, v...) }
 func (g logger) Tracef(f string, v ...any)  { g.l.Trace().Str("component", "nats-server").Msgf(f, v...) }
+
+func (g logger) Warnf(f string, v ...any) {
+	g.checkSpace(f, v)
+	g.l.Warn().Str("component", "nats-server").Msgf(f, v...)
+}
+
+func (g logger) Errorf(f string, v ...any) {
+	g.checkSpace(f, v)
+	g.l.Error().Str("component", "nats-server").Msgf(f, v...)
+}
+
+// checkSpace calls noSpace when the message names ENOSPC or EDQUOT: the
+// server reports a failed write by its error's text, in its log only.
+func (g logger) checkSpace(f string, v []any) {
+	if g.noSpace == nil {
+		return
+	}
+	msg := fmt.Sprintf(f, v...)
+	if strings.Contains(msg, syscall.ENOSPC.Error()) || strings.Contains(msg, syscall.EDQUOT.Error()) {
+		g.noSpace()
+	}
+}
 
 // fatalf logs a fatal message as an error and passes it to fatal, unless one
 // is there already.
