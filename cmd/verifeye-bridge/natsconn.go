@@ -348,13 +348,14 @@ func (c *connection) recoverStore(ctx context.Context, log zerolog.Logger) {
 	}
 	t := time.NewTicker(storeRecoveryInterval)
 	defer t.Stop()
+	var pace restartPacing
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		if !c.noSpace.Load() {
+		if !c.noSpace.Load() || !pace.allow(time.Now()) {
 			continue
 		}
 		info, err := c.ns().Jsz(nil)
@@ -363,13 +364,38 @@ func (c *connection) recoverStore(ctx context.Context, log zerolog.Logger) {
 		}
 		log.Warn().Msg("the disk under DATA_DIR has room again: restarting the embedded NATS server, which refuses writes to a stream since one failed for want of space")
 		c.noSpace.Store(false)
+		pace.restarted(time.Now())
 		if err := c.emb.Restart(); err != nil {
-			c.noSpace.Store(true) // try again at the next tick
+			c.noSpace.Store(true) // try again
 			log.Error().Err(err).Msg("embedded NATS server restart failed; trying again")
 			continue
 		}
 		log.Info().Msg("embedded NATS server restarted; it stores again")
 	}
+}
+
+// restartPacing spaces the embedded server's restarts while the disk keeps
+// filling up again: a restart within a minute of the last waits twice as
+// long as the one before (2 s, 4 s, … up to a minute); after a calm minute
+// the next one may come at once.
+type restartPacing struct {
+	last time.Time
+	wait time.Duration
+}
+
+// allow reports whether a restart may come at now.
+func (p *restartPacing) allow(now time.Time) bool {
+	return p.last.IsZero() || now.Sub(p.last) >= p.wait
+}
+
+// restarted records a restart at now.
+func (p *restartPacing) restarted(now time.Time) {
+	if !p.last.IsZero() && now.Sub(p.last) < time.Minute {
+		p.wait = min(max(2*p.wait, storeRecoveryInterval), time.Minute)
+	} else {
+		p.wait = 0
+	}
+	p.last = now
 }
 
 // validInboxPrefix reports whether p can prefix a client's inboxes: one or

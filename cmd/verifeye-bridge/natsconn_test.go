@@ -10,6 +10,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -122,4 +123,35 @@ func selfSigned(t *testing.T) (string, string) {
 	}
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
 		string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}))
+}
+
+// TestRestartPacing: restarts of the embedded server that follow one another
+// within a minute wait 2 s, 4 s, 8 s, … up to a minute between them; after a
+// calm minute the next may come at once.
+func TestRestartPacing(t *testing.T) {
+	var p restartPacing
+	now := time.Unix(0, 0)
+	if !p.allow(now) {
+		t.Fatal("the first restart is not allowed at once")
+	}
+	p.restarted(now)
+	var waits []time.Duration
+	for range 7 {
+		at := now
+		for !p.allow(at) {
+			at = at.Add(100 * time.Millisecond)
+		}
+		waits = append(waits, at.Sub(now))
+		now = at
+		p.restarted(now)
+	}
+	want := []time.Duration{0, 2 * time.Second, 4 * time.Second, 8 * time.Second, 16 * time.Second, 32 * time.Second, time.Minute}
+	if !slices.Equal(waits, want) {
+		t.Errorf("waits between restarts in a row = %v, want %v", waits, want)
+	}
+	now = now.Add(2 * time.Minute)
+	p.restarted(now) // after a calm spell
+	if !p.allow(now) {
+		t.Error("after a calm spell the next restart must be allowed at once")
+	}
 }
