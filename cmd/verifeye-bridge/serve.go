@@ -326,6 +326,18 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 		close(streamsReady)
 		return nil
 	})
+	// afterStreams runs run once the streams and the ledger exist (nothing
+	// if serve stops first): what reads them starts then.
+	afterStreams := func(run func() error) func() error {
+		return func() error {
+			select {
+			case <-streamsReady:
+				return run()
+			case <-gctx.Done():
+				return nil
+			}
+		}
+	}
 
 	// With the spool on, readiness is the spool accepting events; NATS is
 	// only reported (webhooks wait in the spool while it is away).
@@ -391,14 +403,7 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 		// In serve the enricher's pause is reported, not fatal: webhooks are
 		// still accepted and wait safely in JetStream.
 		checks = append(checks, ops.Check{Name: "enricher", Critical: cfg.ingest == nil, Func: enr.Ready})
-		g.Go(func() error {
-			select {
-			case <-streamsReady:
-			case <-gctx.Done():
-				return nil
-			}
-			return enr.Run(gctx)
-		})
+		g.Go(afterStreams(func() error { return enr.Run(gctx) }))
 		rec := enricher.NewReconciler(js, log.With().Str("component", "reconciler").Logger(), enricher.ReconcileOptions{
 			Subjects:   subjects,
 			After:      cfg.enrich.ReconcileAfter,
@@ -406,14 +411,7 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 			Registerer: reg,
 			Sync:       conn.sync(),
 		})
-		g.Go(func() error {
-			select {
-			case <-streamsReady:
-			case <-gctx.Done():
-				return nil
-			}
-			return rec.Run(gctx)
-		})
+		g.Go(afterStreams(func() error { return rec.Run(gctx) }))
 	}
 
 	// The internal API, on a listener of its own (API_ADDR), never the
@@ -428,15 +426,7 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 		}
 		sapi := sessionapi.New(js, sessionapi.Options{Token: cfg.internal.APIToken.value(), Prefix: subjects.Prefix(),
 			Log: log.With().Str("component", "api").Logger(), Sync: conn.sync()})
-		g.Go(func() error {
-			// The ledger watch, too, once the ledger exists.
-			select {
-			case <-streamsReady:
-			case <-gctx.Done():
-				return nil
-			}
-			return sapi.Run(gctx)
-		})
+		g.Go(afterStreams(func() error { return sapi.Run(gctx) })) // the ledger watch
 		apiSrv = newHTTPServer(sapi, log)
 		apiSrv.WriteTimeout = sessionapi.MaxWait + 10*time.Second // long polls
 		apiLn = netutil.LimitListener(apiLn, cfg.common.HTTPMaxConns)
