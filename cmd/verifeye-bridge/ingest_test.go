@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -40,22 +39,7 @@ const (
 
 // ingestLog collects the logs of one test: its in-process loggers and the
 // stdout and stderr of the processes it runs.
-type ingestLog struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *ingestLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *ingestLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+type ingestLog = natstest.Buffer
 
 // ingestWatchLogs returns a log that, when t ends, must contain no secret and
 // every one of wantLines (substrings that prove the logs were captured at all).

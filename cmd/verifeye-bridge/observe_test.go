@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -65,23 +64,8 @@ type obsOptions struct {
 	spool          bool          // the store-and-forward spool on, under a temporary DATA_DIR
 }
 
-// obsLog collects the service's JSON log lines; it is safe for concurrent use.
-type obsLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *obsLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *obsLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
+// obsLog collects the service's JSON log lines.
+type obsLog = natstest.Buffer
 
 func obsStart(t *testing.T, o obsOptions) *obsService {
 	t.Helper()
