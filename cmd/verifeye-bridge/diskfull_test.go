@@ -140,6 +140,15 @@ func TestDiskFullUnready(t *testing.T) {
 		}
 		return nil
 	})
+	resp, err = http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(b), "\nverifeye_bridge_embedded_nats_restarts_total 1\n") {
+		t.Errorf("verifeye_bridge_embedded_nats_restarts_total is not 1 after the disk had room again")
+	}
 	// Every webhook answered 202, before the disk filled, while it was full
 	// and after, is in the stream once, and nothing twice. (A 503 may still
 	// be stored, once: a publish whose answer came too late.)

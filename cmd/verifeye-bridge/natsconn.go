@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/realeyes/verifeye-bridge/internal/natsembed"
@@ -160,10 +161,25 @@ type connection struct {
 	// disk space: it then refuses the failed stream's writes until restarted
 	// (recoverStore).
 	noSpace atomic.Bool
+	// restarts counts recoverStore's restarts of the embedded server.
+	restarts prometheus.Counter
 	// syncer, with the embedded server at NATS_EMBEDDED_SYNC=always, makes
 	// the server's writes durable: nothing is acknowledged (a webhook's 202,
 	// an enriched webhook's ack) before a Sync. Nil otherwise.
 	syncer *natsembed.Syncer
+}
+
+// collectors returns the connection's metrics, for a registry: the embedded
+// server's restarts and the syncer's metrics; none with NATS_URL.
+func (c *connection) collectors() []prometheus.Collector {
+	var cs []prometheus.Collector
+	if c.restarts != nil {
+		cs = append(cs, c.restarts)
+	}
+	if c.syncer != nil {
+		cs = append(cs, c.syncer.Collectors()...)
+	}
+	return cs
 }
 
 // ns returns the embedded server running now, nil with NATS_URL.
@@ -218,7 +234,7 @@ func startEmbedded(cfg embeddedConfig, name string, log zerolog.Logger) (*connec
 	// Syncing every write: the server writes, the roles sync once for all
 	// the writes made meanwhile (group commit), where the system allows.
 	groupSync := interval == 0 && cfg.EmbeddedGroupSync != "off" && natsembed.GroupSyncSupported
-	c := &connection{}
+	c := &connection{restarts: newRestartsCounter()}
 	emb, err := natsembed.StartRestartable(natsembed.Options{
 		StoreDir:     cfg.DataDir,
 		Addr:         cfg.EmbeddedAddr,
@@ -332,6 +348,14 @@ func storeRoom(info *server.JSInfo) error {
 	return nil
 }
 
+// newRestartsCounter returns the counter of recoverStore's restarts.
+func newRestartsCounter() prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "verifeye_bridge_embedded_nats_restarts_total",
+		Help: "Restarts of the embedded NATS server by the bridge, once the disk had room again after a write failed for want of it.",
+	})
+}
+
 // storeRecoveryInterval is how often recoverStore looks at the disk.
 const storeRecoveryInterval = 2 * time.Second
 
@@ -370,6 +394,7 @@ func (c *connection) recoverStore(ctx context.Context, log zerolog.Logger) {
 			log.Error().Err(err).Msg("embedded NATS server restart failed; trying again")
 			continue
 		}
+		c.restarts.Inc()
 		log.Info().Msg("embedded NATS server restarted; it stores again")
 	}
 }

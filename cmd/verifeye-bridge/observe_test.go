@@ -328,20 +328,25 @@ func TestMetricsAfterKnownMix(t *testing.T) {
 		}
 	}
 
-	// The embedded server's store sync (serve at NATS_EMBEDDED_SYNC=always)
-	// is not part of this run, which uses an external NATS: its metrics,
-	// registered as serve registers them, join the exposition checked.
-	if natsembed.GroupSyncSupported {
-		syncer, err := natsembed.NewSyncer(t.TempDir())
-		if err != nil {
-			t.Fatal(err)
+	// The embedded server's metrics (its restarts; its store sync at
+	// NATS_EMBEDDED_SYNC=always) are not part of this run, which uses an
+	// external NATS: registered as serve registers them, they join the
+	// exposition checked.
+	{
+		conn := &connection{restarts: newRestartsCounter()}
+		if natsembed.GroupSyncSupported {
+			syncer, err := natsembed.NewSyncer(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer syncer.Close()
+			if err := syncer.Sync(); err != nil {
+				t.Fatal(err)
+			}
+			conn.syncer = syncer
 		}
-		defer syncer.Close()
 		reg := prometheus.NewRegistry()
-		reg.MustRegister(syncer.Collectors()...)
-		if err := syncer.Sync(); err != nil {
-			t.Fatal(err)
-		}
+		reg.MustRegister(conn.collectors()...)
 		more, err := reg.Gather()
 		if err != nil {
 			t.Fatal(err)

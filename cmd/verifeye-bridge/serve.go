@@ -245,9 +245,7 @@ func serve(ctx context.Context, cfg serviceConfig, deps serviceDeps, ln net.List
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	if conn.syncer != nil {
-		reg.MustRegister(conn.syncer.Collectors()...)
-	}
+	reg.MustRegister(conn.collectors()...)
 
 	// The store-and-forward spool (DESIGN.md guarantee 7), opened before
 	// anything is served: a restarted process forwards what its predecessor
