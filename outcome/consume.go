@@ -422,7 +422,6 @@ func (s *slot) done() {
 // handle runs the handler for one message and settles the message.
 func (r *runner) handle(d delivery, s *slot) {
 	msg, ev := d.msg, d.ev
-	var err error
 	ctx := r.handlerCtx
 	if h := msg.Headers(); h != nil {
 		if tp := h.Get(HeaderTraceparent); tp != "" {
@@ -430,7 +429,7 @@ func (r *runner) handle(d delivery, s *slot) {
 		}
 	}
 	s.start(r.progress, msg)
-	err = r.call(ctx, ev)
+	err := r.call(ctx, ev)
 	s.done()
 	if err == nil {
 		_ = msg.Ack()

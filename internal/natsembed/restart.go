@@ -30,7 +30,7 @@ func StartRestartable(opts Options) (*Restartable, error) {
 	if err != nil {
 		return nil, err
 	}
-	if a := ns.Addr(); a != nil && opts.Addr != "-" {
+	if a := ns.Addr(); a != nil { // nil without a listener (Addr "-")
 		// Port 0 took a random one: a restart must take the same, which
 		// DATA_DIR/nats.url and the clients name.
 		opts.Addr = a.String()
