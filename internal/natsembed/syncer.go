@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sync"
 	"time"
 
@@ -134,6 +135,12 @@ func (s *Syncer) loop() {
 	defer close(s.stopped)
 	for range s.wake {
 		for {
+			// Let the callers the last sync woke run first, so that those
+			// writing again join the next sync. With a single P (GOMAXPROCS=1,
+			// as Go sets it in a container limited to one CPU) a sync begun
+			// at once would hold it in syncfs(2) before they ran, and each
+			// sync would cover one caller.
+			runtime.Gosched()
 			s.mu.Lock()
 			g, failed := s.pending, s.err
 			s.pending = nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -174,4 +175,33 @@ func waitFor(t *testing.T, ok func() bool) {
 			t.Fatal("condition not met within 10 s")
 		}
 	}
+}
+
+// TestSyncerSharesSyncsOnOneCPU: with one P (GOMAXPROCS=1, as Go sets it in a
+// container limited to one CPU) the callers woken by a sync still share the
+// next one. A syncer that began the next sync as soon as one ended, before
+// they had run, held the only P in syncfs(2) and synced for one caller at a
+// time.
+func TestSyncerSharesSyncsOnOneCPU(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	s := newTestSyncer(t)
+	const callers, rounds = 32, 20
+	var wg sync.WaitGroup
+	for range callers {
+		wg.Go(func() {
+			for range rounds {
+				if err := s.Sync(); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	// Each round, every caller joins one of at most two syncs (the one that
+	// woke it may still be running when the first of them calls again).
+	if n, most := s.Syncs(), uint64(callers*rounds/4); n > most {
+		t.Errorf("%d syncs for %d calls by %d callers; want at most %d", n, callers*rounds, callers, most)
+	}
+	t.Logf("%d syncs for %d calls", s.Syncs(), callers*rounds)
 }
