@@ -64,6 +64,7 @@ type config struct {
 	memory   string
 	backlog  int
 	hold     time.Duration
+	procs    int
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -87,6 +88,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.memory, "memory", "on", "the memory phase (resident memory of ingest at 1,000 req/s and of serve holding -backlog webhooks with the API paused): on, off, or only")
 	fs.IntVar(&cfg.backlog, "backlog", 100_000, "webhooks serve holds in the memory phase")
 	fs.DurationVar(&cfg.hold, "hold", 10*time.Second, "how long after the backlog is in the memory phase samples serve holding it (Go collects garbage at least every 2 minutes)")
+	fs.IntVar(&cfg.procs, "gomaxprocs", 0, "GOMAXPROCS of the bridge processes measured (ceiling, plain bridge, serve, ingest); 1 is what Go sets in a container limited to one CPU; 0 leaves Go's default")
 	fs.BoolVar(&cfg.keep, "keep", false, "keep the temporary directory (logs and stores)")
 	fs.BoolVar(&cfg.naive, "naive", true, "also measure the plain bridge (-role=plain) and `ingest` with default settings, each against a nats-server process of its own with default settings")
 	fs.StringVar(&cfg.role, "role", "", "internal: 'ceiling' serves the handler without publishing; 'plain' the plain bridge; 'nats' a nats-server")
@@ -104,6 +106,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if s = strings.TrimSpace(s); s != "" {
 			cfg.syncs = append(cfg.syncs, s)
 		}
+	}
+	if cfg.procs < 0 {
+		fmt.Fprintf(stderr, "bench: -gomaxprocs: %d is negative\n", cfg.procs)
+		return 2
 	}
 	if cfg.memory != "on" && cfg.memory != "off" && cfg.memory != "only" {
 		fmt.Fprintf(stderr, "bench: -memory: %q is not on, off or only\n", cfg.memory)
@@ -213,7 +219,7 @@ func orchestrate(ctx context.Context, cfg config, stdout, stderr io.Writer) erro
 	if cfg.alone {
 		targets = append(targets, groupCommitBaselines(targets)...)
 	}
-	env := benchEnv{bin: bin, self: self, tmp: tmp, apiKey: apiKey, apiURL: api.URL, logLevel: cfg.logLevel}
+	env := benchEnv{bin: bin, self: self, tmp: tmp, apiKey: apiKey, apiURL: api.URL, logLevel: cfg.logLevel, gomaxprocs: cfg.procs}
 
 	printMachine(stdout, cfg, bin)
 	phases := []phase{{title: fmt.Sprintf("closed loop, %d keep-alive connections", cfg.conns)}}
@@ -291,6 +297,9 @@ func printMachine(w io.Writer, cfg config, bin string) {
 	}
 	fmt.Fprintf(w, "Binary: %s serve (embedded NATS in-process, DATA_DIR a fresh temp dir on %s,\n", bin, os.TempDir())
 	fmt.Fprintf(w, "        %s, LOG_LEVEL=%s to a file); the load generator runs on the same CPUs.\n", enricher, cfg.logLevel)
+	if cfg.procs > 0 {
+		fmt.Fprintf(w, "GOMAXPROCS=%d for every bridge process measured (ceiling, plain bridge, serve, ingest).\n", cfg.procs)
+	}
 	if cfg.naive {
 		fmt.Fprintln(w, "Plain bridge: echo, json.Unmarshal into a struct, synchronous PublishMsg with Nats-Msg-Id, no auth/logs/metrics/trace;")
 		fmt.Fprintln(w, "        it and `ingest` (defaults) each publish to a nats-server process of their own with default settings.")

@@ -30,6 +30,10 @@ type benchEnv struct {
 	bin, self, tmp string
 	apiKey, apiURL string
 	logLevel       string
+	// gomaxprocs, when positive, is the GOMAXPROCS of every bridge process
+	// measured (the ceiling, the plain bridge, serve, ingest); not of the
+	// load generator or a nats-server process.
+	gomaxprocs int
 }
 
 // target is one measured process: the ceiling, serve with a sync setting, or
@@ -308,6 +312,9 @@ func start(ctx context.Context, env benchEnv, t *target, dir string) (*process, 
 	// Only what the process needs: no NATS_URL or other setting leaks in from
 	// the caller's environment.
 	vars := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"), "TMPDIR=" + os.TempDir()}
+	if env.gomaxprocs > 0 {
+		vars = append(vars, "GOMAXPROCS="+strconv.Itoa(env.gomaxprocs))
+	}
 	switch {
 	case t.ceiling:
 		p.cmd = exec.Command(env.self, "-role=ceiling", "-addr="+addr, "-api-key="+env.apiKey, "-log-level="+env.logLevel)
