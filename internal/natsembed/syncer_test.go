@@ -31,6 +31,17 @@ func newTestSyncer(t *testing.T) *Syncer {
 func TestSyncerSharesSyncs(t *testing.T) {
 	s := newTestSyncer(t)
 	const callers, rounds = 32, 20
+	syncConcurrently(t, s, callers, rounds)
+	if n := s.Syncs(); n == 0 || n >= callers*rounds {
+		t.Errorf("%d syncs for %d calls; want at least one and fewer than the calls", n, callers*rounds)
+	}
+	t.Logf("%d syncs for %d calls", s.Syncs(), callers*rounds)
+}
+
+// syncConcurrently has callers goroutines call s.Sync rounds times each, and
+// reports any error.
+func syncConcurrently(t *testing.T, s *Syncer, callers, rounds int) {
+	t.Helper()
 	var wg sync.WaitGroup
 	for range callers {
 		wg.Go(func() {
@@ -43,10 +54,6 @@ func TestSyncerSharesSyncs(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if n := s.Syncs(); n == 0 || n >= callers*rounds {
-		t.Errorf("%d syncs for %d calls; want at least one and fewer than the calls", n, callers*rounds)
-	}
-	t.Logf("%d syncs for %d calls", s.Syncs(), callers*rounds)
 }
 
 // TestSyncerWaitsForASyncBegunAfterTheCall: a sync already running when Sync
@@ -186,18 +193,7 @@ func TestSyncerSharesSyncsOnOneCPU(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 	s := newTestSyncer(t)
 	const callers, rounds = 32, 20
-	var wg sync.WaitGroup
-	for range callers {
-		wg.Go(func() {
-			for range rounds {
-				if err := s.Sync(); err != nil {
-					t.Error(err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
+	syncConcurrently(t, s, callers, rounds)
 	// Each round, every caller joins one of at most two syncs (the one that
 	// woke it may still be running when the first of them calls again).
 	if n, most := s.Syncs(), uint64(callers*rounds/4); n > most {
