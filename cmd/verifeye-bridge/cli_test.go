@@ -463,7 +463,7 @@ func TestRedriveTwice(t *testing.T) {
 	}
 	var dups []bool
 	for range 2 {
-		ack, err := redrive.Redrive(ctx, p.js, dlq, subjects, entries[0])
+		ack, err := redrive.Redrive(ctx, p.js, dlq, subjects, entries[0], nil)
 		if err != nil {
 			t.Fatalf("redrive: %v", err)
 		}

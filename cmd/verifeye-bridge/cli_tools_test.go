@@ -2,11 +2,14 @@ package main
 
 import (
 	"errors"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/realeyes/verifeye-bridge/internal/natsembed"
 	"github.com/realeyes/verifeye-bridge/internal/streams"
 )
 
@@ -138,5 +141,41 @@ func TestTermSafe(t *testing.T) {
 		if got := termSafe(tt.in); got != tt.want {
 			t.Errorf("termSafe(%q) = %q, want %q", tt.in, got, tt.want)
 		}
+	}
+}
+
+// TestToolStoreSync: a tool that reached the embedded server through
+// DATA_DIR's nats.url syncs that store before it reports its writes done; one
+// given NATS_URL leaves durability to that server; a DATA_DIR it cannot open
+// is a warning, not a failure.
+func TestToolStoreSync(t *testing.T) {
+	if !natsembed.GroupSyncSupported {
+		t.Skip("no syncfs(2) here")
+	}
+	var warn strings.Builder
+	embedded := toolConfig{DataDir: t.TempDir(), urlFile: "nats.url"}
+	sync, done := embedded.storeSync(&warn)
+	if sync == nil {
+		t.Fatal("storeSync through DATA_DIR/nats.url: no sync")
+	}
+	if err := sync(); err != nil {
+		t.Errorf("sync: %v", err)
+	}
+	done()
+
+	if sync, done := (toolConfig{DataDir: t.TempDir()}).storeSync(&warn); sync != nil {
+		t.Error("storeSync with NATS_URL given: a sync, want none")
+	} else {
+		done()
+	}
+
+	gone := toolConfig{DataDir: filepath.Join(t.TempDir(), "missing"), urlFile: "nats.url"}
+	if sync, done := gone.storeSync(&warn); sync != nil {
+		t.Error("storeSync of a DATA_DIR that cannot be opened: a sync, want none")
+	} else {
+		done()
+	}
+	if !strings.HasPrefix(warn.String(), "warning: ") || strings.Count(warn.String(), "\n") != 1 {
+		t.Errorf("warnings = %q, want one line, for the DATA_DIR that cannot be opened", warn.String())
 	}
 }

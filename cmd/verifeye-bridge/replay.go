@@ -58,6 +58,9 @@ func cmdReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	defer nc.Close()
 
+	sync, syncDone := cfg.storeSync(stderr)
+	defer syncDone()
+
 	prog := newProgress(stderr, "replay")
 	r, err := redrive.Replay(ctx, js, st, subjects, redrive.Window{
 		From: from, To: to, Source: *source, DryRun: *dryRun,
@@ -65,6 +68,13 @@ func cmdReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	})
 	for _, rej := range r.Rejected {
 		printLine(stdout, "invalid seq %d: not replayed: %v", rej.Seq, rej.Err)
+	}
+	if sync != nil && r.Replayed > 0 {
+		if serr := sync(); serr != nil {
+			// Reported as not done: running the same replay again adds
+			// only what is not stored yet.
+			return fmt.Errorf("%d webhooks published, but not known to be on disk (run the same replay again): %w", r.Replayed, serr)
+		}
 	}
 	window := fmt.Sprintf("%s to %s", from.Local().Format(time.RFC3339), to.Local().Format(time.RFC3339))
 	if *dryRun {

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/realeyes/verifeye-bridge/internal/natsembed"
 	"github.com/realeyes/verifeye-bridge/internal/streams"
 )
 
@@ -93,6 +94,29 @@ func connectTool(c toolConfig, name string, stderr io.Writer) (*nats.Conn, jetst
 		return nil, nil, fmt.Errorf("jetstream: %w", err)
 	}
 	return nc, js, nil
+}
+
+// storeSync returns a function that puts on disk what the tool has written,
+// when it writes to the embedded server of DATA_DIR (through its nats.url).
+// That server may leave the fsync of each write to whoever answers for it
+// (group commit) and sync by itself only every natsembed.GroupSyncInterval;
+// a tool answers for its writes when it reports them done. sync is nil for
+// another server, which keeps its own durability, and where the system has
+// no syncfs(2) (the embedded server then syncs every write itself). The
+// caller calls done when finished.
+func (c toolConfig) storeSync(stderr io.Writer) (sync func() error, done func()) {
+	if c.urlFile == "" {
+		return nil, func() {}
+	}
+	s, err := natsembed.NewSyncer(c.DataDir)
+	switch {
+	case errors.Is(err, natsembed.ErrSyncUnsupported):
+		return nil, func() {}
+	case err != nil:
+		fmt.Fprintf(stderr, "warning: %v; what this command writes reaches the disk when the server syncs, within %v\n", err, natsembed.GroupSyncInterval)
+		return nil, func() {}
+	}
+	return s.Sync, func() { s.Close() }
 }
 
 // openTool loads cfg, connects and opens stream: the start of every tool that

@@ -96,7 +96,13 @@ var ErrNotRedrivable = errors.New("redrive: not a valid dead-lettered webhook")
 // unless the entry came from a replay: the session never got its outcome, so
 // it keeps the session ID as its ID. An entry that is not Redrivable is
 // refused with ErrNotRedrivable and nothing is published.
-func Redrive(ctx context.Context, js jetstream.JetStream, dlq jetstream.Stream, s streams.Subjects, e Entry) (*jetstream.PubAck, error) {
+//
+// sync, when set, is called once the webhook is stored and before the entry
+// is deleted: a server that leaves the fsync of its writes to whoever answers
+// for them (natsembed.Options.GroupSync) then has the copy on disk before the
+// original goes, so no power cut can leave neither. A failed sync leaves the
+// entry on the DLQ.
+func Redrive(ctx context.Context, js jetstream.JetStream, dlq jetstream.Stream, s streams.Subjects, e Entry, sync func() error) (*jetstream.PubAck, error) {
 	if !e.Redrivable() {
 		if e.Err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrNotRedrivable, e.Err)
@@ -110,6 +116,11 @@ func Redrive(ctx context.Context, js jetstream.JetStream, dlq jetstream.Stream, 
 	ack, err := js.PublishMsg(ctx, m, jetstream.WithMsgID(streams.RedriveMsgID(l.Event, l.SessionID, e.Seq)), jetstream.WithExpectStream(streams.Webhooks))
 	if err != nil {
 		return nil, fmt.Errorf("redrive: publish: %w", err)
+	}
+	if sync != nil {
+		if err := sync(); err != nil {
+			return ack, fmt.Errorf("redrive: stored as webhook seq %d, but not known to be on disk, so it stays on the DLQ (redrive it again; it will not duplicate): %w", ack.Sequence, err)
+		}
 	}
 	if err := dlq.DeleteMsg(ctx, e.Seq); err != nil && !gone(ctx, dlq, e.Seq) {
 		return ack, fmt.Errorf("redrive: stored as webhook seq %d, but not deleted from the DLQ (redrive it again to delete it; it will not duplicate): %w", ack.Sequence, err)

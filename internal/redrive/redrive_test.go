@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -96,7 +97,7 @@ func TestRedriveTwice(t *testing.T) {
 	}
 	var dups []bool
 	for range 2 {
-		ack, err := redrive.Redrive(ctx, r.js, r.dlq, r.subjects, entries[0])
+		ack, err := redrive.Redrive(ctx, r.js, r.dlq, r.subjects, entries[0], nil)
 		if err != nil {
 			t.Fatalf("Redrive: %v", err)
 		}
@@ -174,7 +175,7 @@ func TestRedriveForged(t *testing.T) {
 	}
 	var redriven int
 	for _, e := range entries {
-		_, err := redrive.Redrive(ctx, r.js, r.dlq, r.subjects, e)
+		_, err := redrive.Redrive(ctx, r.js, r.dlq, r.subjects, e, nil)
 		switch {
 		case e.Letter.SessionID == session(300) && e.Err == nil:
 			if err != nil {
@@ -274,5 +275,47 @@ func TestReplayTwice(t *testing.T) {
 	}
 	if n := natstest.Count(t, r.js, streams.Webhooks); n != before+3 {
 		t.Errorf("webhooks stream holds %d messages after a second Replay, want %d", n, before+3)
+	}
+}
+
+// TestRedriveSyncsBeforeDelete: the sync runs once the copy is stored and
+// while the entry is still on the DLQ; a failed sync leaves the entry there,
+// and redriving it again stores nothing twice and then deletes it.
+func TestRedriveSyncsBeforeDelete(t *testing.T) {
+	r := newRig(t)
+	ctx := context.Background()
+	id := session(3)
+	r.deadLetter(t, "kyc", id, 9, nil)
+	entries, err := redrive.DeadLetters(ctx, r.dlq, r.subjects, redrive.Filter{SessionID: id})
+	if err != nil || len(entries) != 1 || !entries[0].Redrivable() {
+		t.Fatalf("DeadLetters = %+v, %v; want one redrivable entry", entries, err)
+	}
+
+	var syncs int
+	seen := func() error {
+		syncs++
+		if w, d := natstest.Count(t, r.js, streams.Webhooks), natstest.Count(t, r.js, streams.DLQ); w != 1 || d != 1 {
+			t.Errorf("at sync %d: webhooks stream holds %d, DLQ %d; want the copy stored and the entry still there (1, 1)", syncs, w, d)
+		}
+		return nil
+	}
+	diskFailed := errors.New("disk failed")
+	_, err = redrive.Redrive(ctx, r.js, r.dlq, r.subjects, entries[0], func() error { seen(); return diskFailed })
+	if !errors.Is(err, diskFailed) || !strings.Contains(err.Error(), "stays on the DLQ") {
+		t.Errorf("Redrive with a failing sync: %v; want the sync's error, saying the entry stays", err)
+	}
+	if n := natstest.Count(t, r.js, streams.DLQ); n != 1 {
+		t.Errorf("after a failed sync the DLQ holds %d, want 1", n)
+	}
+
+	ack, err := redrive.Redrive(ctx, r.js, r.dlq, r.subjects, entries[0], seen)
+	if err != nil || !ack.Duplicate {
+		t.Fatalf("Redrive again = %+v, %v; want a duplicate PubAck", ack, err)
+	}
+	if syncs != 2 {
+		t.Errorf("%d syncs, want 2 (one per redrive)", syncs)
+	}
+	if w, d := natstest.Count(t, r.js, streams.Webhooks), natstest.Count(t, r.js, streams.DLQ); w != 1 || d != 0 {
+		t.Errorf("after the redrive: webhooks stream holds %d, DLQ %d; want 1, 0", w, d)
 	}
 }
