@@ -65,6 +65,7 @@ type config struct {
 	backlog  int
 	hold     time.Duration
 	procs    int
+	pairs    int
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -89,6 +90,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.backlog, "backlog", 100_000, "webhooks serve holds in the memory phase")
 	fs.DurationVar(&cfg.hold, "hold", 10*time.Second, "how long after the backlog is in the memory phase samples serve holding it (Go collects garbage at least every 2 minutes)")
 	fs.IntVar(&cfg.procs, "gomaxprocs", 0, "GOMAXPROCS of the bridge processes measured (ceiling, plain bridge, serve, ingest); 1 is what Go sets in a container limited to one CPU; 0 leaves Go's default")
+	fs.IntVar(&cfg.pairs, "pairs", 0, "instead of the phases and the memory phase: measure the plain bridge and ingest alternately this many times (closed loop, then each -rate), and print each pair's ratios and their medians")
 	fs.BoolVar(&cfg.keep, "keep", false, "keep the temporary directory (logs and stores)")
 	fs.BoolVar(&cfg.naive, "naive", true, "also measure the plain bridge (-role=plain) and `ingest` with default settings, each against a nats-server process of its own with default settings")
 	fs.StringVar(&cfg.role, "role", "", "internal: 'ceiling' serves the handler without publishing; 'plain' the plain bridge; 'nats' a nats-server")
@@ -109,6 +111,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if cfg.procs < 0 {
 		fmt.Fprintf(stderr, "bench: -gomaxprocs: %d is negative\n", cfg.procs)
+		return 2
+	}
+	if cfg.pairs < 0 {
+		fmt.Fprintf(stderr, "bench: -pairs: %d is negative\n", cfg.pairs)
 		return 2
 	}
 	if cfg.memory != "on" && cfg.memory != "off" && cfg.memory != "only" {
@@ -212,9 +218,8 @@ func orchestrate(ctx context.Context, cfg config, stdout, stderr io.Writer) erro
 			&target{name: "ingest, SPOOL=on, NATS down", ingest: true, spool: "on", natsDown: true})
 	}
 	if cfg.naive {
-		targets = append(targets,
-			&target{name: "plain bridge, external NATS", plain: true},
-			&target{name: "ingest, external NATS", ingest: true, extNATS: true, spool: "on"})
+		plain, ingest := naiveTargets()
+		targets = append(targets, plain, ingest)
 	}
 	if cfg.alone {
 		targets = append(targets, groupCommitBaselines(targets)...)
@@ -230,6 +235,17 @@ func orchestrate(ctx context.Context, cfg config, stdout, stderr io.Writer) erro
 	var failures []string
 	if cfg.memory == "only" {
 		phases = nil
+	}
+	if cfg.pairs > 0 {
+		phases = nil
+		plain, ingest := naiveTargets()
+		for _, r := range append([]float64{0}, cfg.rates...) {
+			p, err := naivePairs(ctx, env, cfg, plain, ingest, r, stdout)
+			failures = append(failures, p...)
+			if err != nil {
+				return err
+			}
+		}
 	}
 	for i, ph := range phases {
 		fmt.Fprintf(stdout, "\nPhase %d: %s, %v per target after a %v warm-up\n", i+1, ph.title, cfg.duration, cfg.warmup)
@@ -268,7 +284,7 @@ func orchestrate(ctx context.Context, cfg config, stdout, stderr io.Writer) erro
 		printSpool(stdout, targets, all, ph.rate)
 		printNaive(stdout, targets, all, ph.rate)
 	}
-	if cfg.memory != "off" {
+	if cfg.memory != "off" && cfg.pairs == 0 {
 		p, err := memoryPhase(ctx, cfg, env, cfg.backlog, stdout)
 		if err != nil {
 			return fmt.Errorf("memory: %w", err)

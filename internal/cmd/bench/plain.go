@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -140,6 +141,10 @@ type natsProcess struct {
 // until it has written its URL.
 func startNATSProcess(ctx context.Context, self, dir string) (*natsProcess, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	// A URL left by an earlier process in dir is not this one's.
+	if err := os.Remove(filepath.Join(dir, "nats.url")); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, err
 	}
 	logf, err := os.Create(filepath.Join(dir, "log"))
