@@ -141,7 +141,7 @@ func cmdDLQReplay(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if _, err := openStream(ctx, js, streams.Webhooks); err != nil {
 		return err
 	}
-	sync, syncDone := cfg.storeSync(stderr)
+	syncStore, syncDone := cfg.storeSync(stderr)
 	defer syncDone()
 
 	var done, skipped, invalid, failed int
@@ -162,7 +162,7 @@ func cmdDLQReplay(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			printLine(stdout, "would replay seq %d session %s (%s) to %s", e.Seq, l.SessionID, l.Reason, l.OrigSubject)
 			return nil
 		}
-		ack, err := redrive.Redrive(ctx, js, st, subjects, e, sync)
+		ack, err := redrive.Redrive(ctx, js, st, subjects, e, syncStore)
 		if err != nil {
 			failed++
 			printLine(stdout, "failed  seq %d session %s: %v", e.Seq, l.SessionID, err)

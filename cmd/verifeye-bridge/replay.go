@@ -58,7 +58,7 @@ func cmdReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	defer nc.Close()
 
-	sync, syncDone := cfg.storeSync(stderr)
+	syncStore, syncDone := cfg.storeSync(stderr)
 	defer syncDone()
 
 	prog := newProgress(stderr, "replay")
@@ -69,8 +69,8 @@ func cmdReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	for _, rej := range r.Rejected {
 		printLine(stdout, "invalid seq %d: not replayed: %v", rej.Seq, rej.Err)
 	}
-	if sync != nil && r.Replayed > 0 {
-		if serr := sync(); serr != nil {
+	if syncStore != nil && r.Replayed > 0 && !*dryRun {
+		if serr := syncStore(); serr != nil {
 			// Reported as not done: running the same replay again adds
 			// only what is not stored yet.
 			return fmt.Errorf("%d webhooks published, but not known to be on disk (run the same replay again): %w", r.Replayed, serr)
