@@ -121,6 +121,33 @@ func apiDo(t *testing.T, method, url, token, body string) (int, map[string]any) 
 	return resp.StatusCode, m
 }
 
+// waitWhilePosting asks the internal API to wait for session id's outcome,
+// posts its webhook meanwhile, and returns what the wait answered (200, else
+// the test fails).
+func waitWhilePosting(t *testing.T, base, apiBase, id string) map[string]any {
+	t.Helper()
+	type answer struct {
+		code int
+		body map[string]any
+	}
+	waited := make(chan answer, 1)
+	go func() {
+		code, body := apiDo(t, "GET", apiBase+"/v1/sessions/"+id+"?wait=30s", apiTestToken, "")
+		waited <- answer{code, body}
+	}()
+	enrichPost(t, base, "default", id, false)
+	select {
+	case a := <-waited:
+		if a.code != 200 {
+			t.Errorf("wait: %d %v, want 200", a.code, a.body)
+		}
+		return a.body
+	case <-time.After(30 * time.Second):
+		t.Fatal("wait did not return")
+		return nil
+	}
+}
+
 // TestFreshStartWarnsOfNothing: serve's first start on an empty DATA_DIR
 // logs no warning or error (the internal API's ledger watch waits for the
 // ledger to exist), and the watch then wakes a ?wait= with the outcome.
@@ -129,21 +156,7 @@ func TestFreshStartWarnsOfNothing(t *testing.T) {
 	t.Cleanup(api.Close)
 	var logs ingestLog
 	base, apiBase, stop := sessionServeLog(t, t.TempDir(), api, zerolog.New(&logs).Level(zerolog.WarnLevel))
-	id := "5e551011-0000-4000-8000-00000000b001"
-	waited := make(chan int, 1)
-	go func() {
-		code, _ := apiDo(t, "GET", apiBase+"/v1/sessions/"+id+"?wait=30s", apiTestToken, "")
-		waited <- code
-	}()
-	enrichPost(t, base, "default", id, false)
-	select {
-	case code := <-waited:
-		if code != 200 {
-			t.Errorf("wait: %d, want 200", code)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("wait did not return")
-	}
+	waitWhilePosting(t, base, apiBase, "5e551011-0000-4000-8000-00000000b001")
 	stop()
 	if out := logs.String(); out != "" {
 		t.Errorf("a fresh start logged warnings or errors:\n%s", out)
@@ -173,23 +186,9 @@ func TestServeSessionAPI(t *testing.T) {
 			t.Errorf("GET /v1/sessions on the ingest listener: %d, want 404", resp.StatusCode)
 		}
 	}
-	waited := make(chan map[string]any, 1)
-	go func() {
-		code, body := apiDo(t, "GET", apiBase+"/v1/sessions/"+id+"?wait=30s", apiTestToken, "")
-		if code != 200 {
-			t.Errorf("wait: %d %v", code, body)
-		}
-		waited <- body
-	}()
-	enrichPost(t, base, "default", id, false)
-	select {
-	case body := <-waited:
-		ev, _ := body["event"].(map[string]any)
-		if body["state"] != outcome.StateEnriched || ev == nil || ev["subject"] != id {
-			t.Errorf("wait returned %v, want the enriched session with its event", body)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("wait did not return")
+	body := waitWhilePosting(t, base, apiBase, id)
+	if ev, _ := body["event"].(map[string]any); body["state"] != outcome.StateEnriched || ev == nil || ev["subject"] != id {
+		t.Errorf("wait returned %v, want the enriched session with its event", body)
 	}
 
 	exp := "5e551011-0000-4000-8000-00000000a002"
