@@ -31,8 +31,8 @@ func naivePairs(ctx context.Context, env benchEnv, cfg config, plain, ingest *ta
 	fmt.Fprintf(w, "\nPairs: the plain bridge and ingest alternated %d times, %s, %d connections, %v each after a %v warm-up\n",
 		n, what, cfg.conns, cfg.duration, cfg.warmup)
 	printHeader(w)
-	var cpu, thr, failures []string
-	var cpuR, thrR []float64
+	var failures []string
+	var cpu, thr []float64
 	for i := range n {
 		order := []*target{plain, ingest}
 		if i%2 == 1 {
@@ -53,20 +53,24 @@ func naivePairs(ctx context.Context, env benchEnv, cfg config, plain, ingest *ta
 			fmt.Fprintf(w, "  pair %d: not comparable (%.0f and %.0f req/s answered of %.0f)\n", i+1, g.res.Rate(), p.res.Rate(), rate)
 			continue
 		}
-		c := float64(g.cpuPerReq()) / float64(p.cpuPerReq())
-		t := g.res.Rate() / p.res.Rate()
-		cpuR, thrR = append(cpuR, c), append(thrR, t)
-		cpu, thr = append(cpu, fmt.Sprintf("%.2f", c)), append(thr, fmt.Sprintf("%.2f", t))
+		c, t := naiveRatios(p, g)
+		cpu, thr = append(cpu, c), append(thr, t)
 		fmt.Fprintf(w, "  pair %d: ingest / plain CPU/req x%.2f, throughput x%.2f\n", i+1, c, t)
 	}
-	if len(cpuR) > 0 {
-		fmt.Fprintf(w, "  ingest / plain over %d pairs: CPU/req median x%.2f (%v; target <= 0.75)", len(cpuR), median(cpuR), cpu)
+	if len(cpu) > 0 {
+		fmt.Fprintf(w, "  ingest / plain over %d pairs: CPU/req median x%.2f (%.2f; target <= 0.75)", len(cpu), median(cpu), cpu)
 		if rate == 0 {
-			fmt.Fprintf(w, ", throughput median x%.2f (%v; target >= 1.2)", median(thrR), thr)
+			fmt.Fprintf(w, ", throughput median x%.2f (%.2f; target >= 1.2)", median(thr), thr)
 		}
 		fmt.Fprintln(w)
 	}
 	return failures, nil
+}
+
+// naiveRatios returns ingest's CPU per webhook and throughput as ratios to
+// the plain bridge's.
+func naiveRatios(plain, ingest *measurement) (cpu, throughput float64) {
+	return float64(ingest.cpuPerReq()) / float64(plain.cpuPerReq()), ingest.res.Rate() / plain.res.Rate()
 }
 
 // median returns the median of v (the mean of the middle two for an even

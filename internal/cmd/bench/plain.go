@@ -215,9 +215,10 @@ func printNaive(w io.Writer, targets []*target, all []*measurement, rate float64
 		fmt.Fprintf(w, "  ingest / plain: not comparable: %.0f and %.0f req/s answered of %.0f offered\n", ingest.res.Rate(), plain.res.Rate(), rate)
 		return
 	}
-	fmt.Fprintf(w, "  ingest / plain: CPU/req x%.2f (target <= 0.75)", float64(ingest.cpuPerReq())/float64(plain.cpuPerReq()))
+	cpu, throughput := naiveRatios(plain, ingest)
+	fmt.Fprintf(w, "  ingest / plain: CPU/req x%.2f (target <= 0.75)", cpu)
 	if rate == 0 {
-		fmt.Fprintf(w, ", throughput x%.2f (target >= 1.2)", ingest.res.Rate()/plain.res.Rate())
+		fmt.Fprintf(w, ", throughput x%.2f (target >= 1.2)", throughput)
 	}
 	fmt.Fprintf(w, ", p50 x%.2f, p99 x%.2f\n",
 		float64(ingest.res.Percentile(0.5))/float64(plain.res.Percentile(0.5)),
